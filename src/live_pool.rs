@@ -1,0 +1,840 @@
+//! [`LivePool`]: the swappable `SqlitePool` and the reopen-once-or-exit policy.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+use tokio::sync::{oneshot, watch};
+
+use crate::classify::{ErrorClass, classify, result_code};
+use crate::identity::{DbFile, FileFault};
+use crate::rescue::{self, RescueConfig};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type ReopenFn = Arc<dyn Fn() -> BoxFuture<Result<SqlitePool, sqlx::Error>> + Send + Sync>;
+type GiveUpFn = Arc<dyn Fn(&GaveUp) + Send + Sync>;
+
+/// A cheaply cloneable handle to the application's current `SqlitePool`.
+///
+/// Handlers call [`pool`](LivePool::pool) on every request instead of holding a
+/// `SqlitePool` of their own, so a pool reopened by the policy reaches every
+/// handler on its next request. Errors are fed back with
+/// [`report`](LivePool::report) (the tower layer does this
+/// for you).
+///
+/// ```no_run
+/// use sqlx::sqlite::SqliteConnectOptions;
+/// use tower_db_liveness::{LivePool, Outcome};
+///
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// let options = SqliteConnectOptions::new()
+///     .filename("/var/lib/app/app.db")
+///     .create_if_missing(true);
+/// let live = LivePool::connect(options).await?;
+///
+/// if let Err(err) = sqlx::query("INSERT INTO notes(body) VALUES ('hi')")
+///     .execute(&live.pool())
+///     .await
+/// {
+///     match live.report(&err).await {
+///         Outcome::Healed(healed) => println!("reopened as generation {}", healed.generation),
+///         other => println!("{other:?}"),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LivePool {
+    inner: Arc<Inner>,
+}
+
+/// What [`LivePool::report`] did with an error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The error was not fatal: nothing to do.
+    Ignored(ErrorClass),
+    /// The error came from a generation that has already been replaced.
+    Stale {
+        /// The generation the failed request used.
+        reported: u64,
+        /// The generation in service now.
+        current: u64,
+    },
+    /// The pool was reopened, verified and swapped in.
+    Healed(Healed),
+    /// The policy gave up and ran the exit action.
+    GaveUp(GaveUp),
+}
+
+/// A successful reopen.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Healed {
+    /// The generation now in service.
+    pub generation: u64,
+    /// What made the old generation fatal.
+    pub fault: Fault,
+    /// Where the old handle's data was saved, if a rescue ran.
+    pub rescue: Option<PathBuf>,
+}
+
+/// The policy's last resort: the process is expected to exit and restart.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GaveUp {
+    /// Why the policy gave up.
+    pub reason: GiveUpReason,
+    /// What made the generation fatal in the first place.
+    pub fault: Fault,
+    /// The exit code handed to the exit action.
+    pub exit_code: i32,
+    /// Where the old handle's data was saved, if a rescue ran.
+    pub rescue: Option<PathBuf>,
+}
+
+/// Why the policy gave up instead of healing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// Opening the new pool failed (the directory is gone, say).
+    ReopenFailed(String),
+    /// The new pool opened but failed verification (page read or file identity).
+    VerifyFailed(String),
+    /// A fatal error came back on a pool swapped in less than the recurrence
+    /// window ago.
+    Recurred {
+        /// How long the fresh generation lived.
+        after: Duration,
+    },
+    /// More heals than allowed within the heal window.
+    TooManyHeals {
+        /// Heals already made within the window.
+        heals: usize,
+        /// The window.
+        within: Duration,
+    },
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GiveUpReason::ReopenFailed(err) => write!(f, "reopen failed: {err}"),
+            GiveUpReason::VerifyFailed(err) => {
+                write!(f, "verification of the new pool failed: {err}")
+            }
+            GiveUpReason::Recurred { after } => {
+                write!(f, "fatal error recurred {after:?} after the last heal")
+            }
+            GiveUpReason::TooManyHeals { heals, within } => {
+                write!(f, "{heals} heals within {within:?} already")
+            }
+        }
+    }
+}
+
+/// What made a generation fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// A fatal database error reported by a caller, the layer or the probe.
+    Error {
+        /// SQLite's extended result code, when the error had one.
+        code: Option<i32>,
+        /// The error's text.
+        message: String,
+    },
+    /// The database file is no longer the one the pool opened.
+    File(FileFault),
+}
+
+impl Fault {
+    pub(crate) fn from_error(err: &dyn fmt::Display, code: Option<i32>) -> Self {
+        Fault::Error {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Error { message, .. } => f.write_str(message),
+            Fault::File(file) => fmt::Display::fmt(file, f),
+        }
+    }
+}
+
+/// What the policy is doing now, as published by [`LivePool::subscribe`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PoolStatus {
+    /// A verified pool is in service.
+    Live {
+        /// The generation in service.
+        generation: u64,
+        /// The heal that put it there (`None` for the first pool).
+        last_heal: Option<Healed>,
+    },
+    /// A heal of `generation` is in flight.
+    Healing {
+        /// The generation being replaced.
+        generation: u64,
+        /// What made it fatal.
+        fault: Fault,
+    },
+    /// The policy gave up; the exit action has run or is about to.
+    GaveUp(GaveUp),
+}
+
+/// Builds a [`LivePool`]; see [`LivePool::builder`] and [`LivePool::builder_with_pool`].
+#[must_use]
+pub struct LivePoolBuilder {
+    source: Source,
+    config: Config,
+}
+
+enum Source {
+    Options {
+        connect: Box<SqliteConnectOptions>,
+        pool: Box<SqlitePoolOptions>,
+    },
+    Pool {
+        pool: SqlitePool,
+        reopen: ReopenFn,
+    },
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    recurrence_window: Duration,
+    max_heals: usize,
+    heal_window: Duration,
+    exit_code: i32,
+    on_give_up: GiveUpFn,
+    reopen_timeout: Duration,
+    close_timeout: Duration,
+    pub(crate) watchdog_interval: Option<Duration>,
+    #[cfg(feature = "fs-watch")]
+    pub(crate) fs_watch: bool,
+    rescue: RescueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            recurrence_window: Duration::from_secs(30),
+            max_heals: 3,
+            heal_window: Duration::from_secs(600),
+            exit_code: 1,
+            on_give_up: Arc::new(|gave_up: &GaveUp| std::process::exit(gave_up.exit_code)),
+            reopen_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            watchdog_interval: Some(Duration::from_secs(1)),
+            #[cfg(feature = "fs-watch")]
+            fs_watch: true,
+            rescue: RescueConfig::default(),
+        }
+    }
+}
+
+impl LivePoolBuilder {
+    /// Pool options for the initial pool and for every default reopen.
+    ///
+    /// Only used with [`LivePool::builder`]: with
+    /// [`LivePool::builder_with_pool`] your reopen builds the pool.
+    pub fn pool_options(mut self, options: SqlitePoolOptions) -> Self {
+        if let Source::Options { pool, .. } = &mut self.source {
+            **pool = options;
+        }
+        self
+    }
+
+    /// A fatal error on a generation younger than this gives up instead of
+    /// reopening again. Default: 30 s.
+    pub fn recurrence_window(mut self, window: Duration) -> Self {
+        self.config.recurrence_window = window;
+        self
+    }
+
+    /// At most `heals` reopens within `within`; the next fatal error gives up.
+    /// Default: 3 within 10 minutes.
+    pub fn max_heals(mut self, heals: usize, within: Duration) -> Self {
+        self.config.max_heals = heals;
+        self.config.heal_window = within;
+        self
+    }
+
+    /// The exit code used when the policy gives up. Default: 1, so that
+    /// `Restart=on-failure` and Kubernetes restart the process.
+    pub fn exit_code(mut self, code: i32) -> Self {
+        self.config.exit_code = code;
+        self
+    }
+
+    /// Replaces the exit action (default: `std::process::exit(exit_code)`).
+    ///
+    /// Use it to start a graceful shutdown, or in tests. It runs once, on
+    /// the task that gave up, after the give-up has been logged and
+    /// published to every waiter.
+    pub fn on_give_up<F>(mut self, action: F) -> Self
+    where
+        F: Fn(&GaveUp) + Send + Sync + 'static,
+    {
+        self.config.on_give_up = Arc::new(action);
+        self
+    }
+
+    /// How long a reopen (connect and verification) may take. Default: 10 s.
+    pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
+        self.config.reopen_timeout = timeout;
+        self
+    }
+
+    /// How long the replaced pool is given to close in the background.
+    /// Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// How often the watchdog compares the database file's identity with the
+    /// path; `None` turns the watchdog off. Default: every second.
+    pub fn watchdog_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.watchdog_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Also watch the database's directory for unlinks and renames, so the
+    /// watchdog reacts at once instead of at its next poll. Default: on.
+    #[cfg(feature = "fs-watch")]
+    pub fn fs_watch(mut self, on: bool) -> Self {
+        self.config.fs_watch = on;
+        self
+    }
+
+    /// Whether to rescue the old handle's data with `VACUUM INTO` when the
+    /// database file was deleted, moved or replaced. Default: on.
+    pub fn rescue(mut self, on: bool) -> Self {
+        self.config.rescue.enabled = on;
+        self
+    }
+
+    /// The directory for rescue files. Default: the nearest existing
+    /// ancestor directory of the database file.
+    pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.rescue.dir = Some(dir.into());
+        self
+    }
+
+    /// How long a rescue may take. Default: 30 s.
+    pub fn rescue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.rescue.timeout = timeout;
+        self
+    }
+
+    /// Opens (or adopts) the pool, verifies it and starts the watchdog.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub async fn open(self) -> Result<LivePool, sqlx::Error> {
+        let (pool, reopen) = match self.source {
+            Source::Options { connect, pool } => {
+                let first = pool.as_ref().clone().connect_with(*connect.clone()).await?;
+                let reopen: ReopenFn = Arc::new(move || {
+                    let (pool, connect) = (pool.as_ref().clone(), connect.as_ref().clone());
+                    Box::pin(async move { pool.connect_with(connect).await })
+                });
+                (first, reopen)
+            }
+            Source::Pool { pool, reopen } => (pool, reopen),
+        };
+        let first = Generation::open(pool, 0, None).await?;
+        Ok(LivePool::start(first, reopen, self.config))
+    }
+}
+
+/// One opened pool and what was recorded about it.
+pub(crate) struct Generation {
+    pub(crate) number: u64,
+    pub(crate) pool: SqlitePool,
+    /// `None` for in-memory and temporary databases.
+    pub(crate) file: Option<DbFile>,
+    /// A connection kept aside from the pool, opened before any fault: the
+    /// only kind that still reaches a deleted file (for the rescue).
+    sentinel: tokio::sync::Mutex<Option<SqliteConnection>>,
+    /// When a heal swapped this generation in (`None` for the first).
+    healed_at: Option<Instant>,
+}
+
+impl Generation {
+    /// Verifies `pool` and records its file. On error the pool is closed in
+    /// the background.
+    async fn open(
+        pool: SqlitePool,
+        number: u64,
+        healed_at: Option<Instant>,
+    ) -> Result<Self, sqlx::Error> {
+        match Self::verify(&pool).await {
+            Ok((file, sentinel)) => Ok(Generation {
+                number,
+                pool,
+                file,
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                healed_at,
+            }),
+            Err(err) => {
+                tokio::spawn(async move { pool.close().await });
+                Err(err)
+            }
+        }
+    }
+
+    async fn verify(
+        pool: &SqlitePool,
+    ) -> Result<(Option<DbFile>, Option<SqliteConnection>), sqlx::Error> {
+        // `SELECT 1` succeeds on a dead handle; reading the schema reads page 1.
+        read_page(pool).await?;
+        let mut sentinel = SqliteConnection::connect_with(&pool.connect_options()).await?;
+        read_page(&mut sentinel).await?;
+        let path: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_optional(&mut sentinel)
+                .await?
+                .unwrap_or_default();
+        if path.is_empty() {
+            // In-memory or temporary: no file to watch, nothing to rescue.
+            sentinel.close().await?;
+            return Ok((None, None));
+        }
+        let file = DbFile::at(PathBuf::from(path))?;
+        Ok((Some(file), Some(sentinel)))
+    }
+}
+
+/// Reads the schema table, which needs page 1 of the file.
+pub(crate) async fn read_page<'c, E>(executor: E) -> Result<(), sqlx::Error>
+where
+    E: sqlx::SqliteExecutor<'c>,
+{
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sqlite_schema")
+        .fetch_one(executor)
+        .await
+        .map(drop)
+}
+
+const HEALING: u64 = 0b01;
+const GAVE_UP: u64 = 0b10;
+const FLAG_BITS: u32 = 2;
+
+pub(crate) struct Inner {
+    current: ArcSwap<Generation>,
+    /// `generation << 2 | GAVE_UP | HEALING`: one load answers the hot path.
+    state: AtomicU64,
+    policy: Mutex<Policy>,
+    status: watch::Sender<PoolStatus>,
+    reopen: ReopenFn,
+    pub(crate) config: Config,
+    /// Dropped with the last handle, which stops the watchdog at once.
+    _stop_watchdog: Option<oneshot::Sender<()>>,
+}
+
+struct Policy {
+    phase: Phase,
+    heals: VecDeque<Instant>,
+}
+
+enum Phase {
+    Live,
+    Healing {
+        done: watch::Receiver<Option<Outcome>>,
+    },
+    GaveUp(GaveUp),
+}
+
+impl LivePool {
+    /// Starts building a `LivePool` that connects with `options` and reopens
+    /// with the same options.
+    pub fn builder(options: SqliteConnectOptions) -> LivePoolBuilder {
+        LivePoolBuilder {
+            source: Source::Options {
+                connect: Box::new(options),
+                pool: Box::new(SqlitePoolOptions::new()),
+            },
+            config: Config::default(),
+        }
+    }
+
+    /// Starts building a `LivePool` around a pool you opened, with your own
+    /// reopen (to run migrations on the new file, for example).
+    ///
+    /// ```no_run
+    /// use sqlx::SqlitePool;
+    /// use sqlx::sqlite::SqliteConnectOptions;
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// async fn open(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    ///     let pool = SqlitePool::connect_with(options).await?;
+    ///     sqlx::query("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+    ///         .execute(&pool)
+    ///         .await?;
+    ///     Ok(pool)
+    /// }
+    ///
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let options = SqliteConnectOptions::new().filename("app.db").create_if_missing(true);
+    /// let pool = open(options.clone()).await?;
+    /// let live = LivePool::builder_with_pool(pool, move || open(options.clone()))
+    ///     .open()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_with_pool<F, Fut>(pool: SqlitePool, reopen: F) -> LivePoolBuilder
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<SqlitePool, sqlx::Error>> + Send + 'static,
+    {
+        LivePoolBuilder {
+            source: Source::Pool {
+                pool,
+                reopen: Arc::new(move || Box::pin(reopen())),
+            },
+            config: Config::default(),
+        }
+    }
+
+    /// Connects with `options` and the default policy.
+    pub async fn connect(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+        Self::builder(options).open().await
+    }
+
+    fn start(first: Generation, reopen: ReopenFn, config: Config) -> Self {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let watchdog = config.watchdog_interval.is_some();
+        let inner = Arc::new(Inner {
+            current: ArcSwap::from_pointee(first),
+            state: AtomicU64::new(0),
+            policy: Mutex::new(Policy {
+                phase: Phase::Live,
+                heals: VecDeque::new(),
+            }),
+            status: watch::Sender::new(PoolStatus::Live {
+                generation: 0,
+                last_heal: None,
+            }),
+            reopen,
+            config,
+            _stop_watchdog: watchdog.then_some(stop_tx),
+        });
+        if watchdog {
+            crate::watchdog::spawn(&inner, stop_rx);
+        }
+        LivePool { inner }
+    }
+
+    /// The pool currently in service. Call it per request; don't keep it.
+    pub fn pool(&self) -> SqlitePool {
+        self.inner.current.load().pool.clone()
+    }
+
+    /// How many times the pool has been replaced (0 for the first pool).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+
+    /// `true` while a reopen is in flight.
+    pub fn is_healing(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & HEALING != 0
+    }
+
+    /// `true` once the policy has given up; the `LivePool` never reopens again.
+    pub fn has_given_up(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & GAVE_UP != 0
+    }
+
+    /// Feeds an error from the current generation to the policy.
+    ///
+    /// Prefer [`report_at`](Self::report_at) with the generation noted when
+    /// the work started: an error from a pool that was already replaced must
+    /// not reopen again.
+    pub async fn report(&self, err: &sqlx::Error) -> Outcome {
+        self.report_at(self.generation(), err).await
+    }
+
+    /// Feeds an error to the policy, tagged with the generation whose pool
+    /// produced it.
+    ///
+    /// Non-fatal errors return [`Outcome::Ignored`] at once. A fatal error
+    /// starts a heal, or joins the one in flight; it resolves when the heal
+    /// is done.
+    pub async fn report_at(&self, generation: u64, err: &sqlx::Error) -> Outcome {
+        let class = classify(err);
+        let code = result_code(err);
+        if !class.is_fatal() {
+            tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
+            return Outcome::Ignored(class);
+        }
+        self.inner
+            .fatal(generation, Fault::from_error(err, code))
+            .await
+    }
+
+    /// Compares the database file the pool opened with what its path leads
+    /// to now, and reports a deleted, moved or replaced file to the policy
+    /// (the watchdog runs this periodically).
+    ///
+    /// Returns `None` when the file is in place (or the database has no file).
+    pub async fn check_file(&self) -> Option<Outcome> {
+        let current = self.inner.current.load_full();
+        let fault = current.file.as_ref()?.check().err()?;
+        Some(self.inner.fatal(current.number, Fault::File(fault)).await)
+    }
+
+    /// Follows the policy: live, healing, live again (with the heal's
+    /// details) or gave up. The give-up is published before the exit action
+    /// runs.
+    pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Waits until the heal in flight, if any, has finished.
+    pub async fn healed(&self) {
+        if let Some(mut done) = self.inner.heal_in_flight() {
+            let _ = done.wait_for(Option::is_some).await;
+        }
+    }
+}
+
+impl fmt::Debug for LivePool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.inner.current.load();
+        f.debug_struct("LivePool")
+            .field("generation", &current.number)
+            .field("file", &current.file.as_ref().map(DbFile::path))
+            .field("healing", &self.is_healing())
+            .field("gave_up", &self.has_given_up())
+            .finish()
+    }
+}
+
+impl Inner {
+    pub(crate) fn generation(&self) -> u64 {
+        self.state.load(Ordering::Acquire) >> FLAG_BITS
+    }
+
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn gave_up(&self) -> bool {
+        self.state.load(Ordering::Acquire) & GAVE_UP != 0
+    }
+
+    fn policy(&self) -> MutexGuard<'_, Policy> {
+        // Nothing under this lock can panic half-way through an update.
+        self.policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn heal_in_flight(&self) -> Option<watch::Receiver<Option<Outcome>>> {
+        match &self.policy().phase {
+            Phase::Healing { done } => Some(done.clone()),
+            _ => None,
+        }
+    }
+
+    /// The policy's entry point for a fatal finding about `generation`.
+    pub(crate) async fn fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {
+        let mut done = {
+            let mut policy = self.policy();
+            let current = self.generation();
+            match &policy.phase {
+                Phase::GaveUp(gave_up) => return Outcome::GaveUp(gave_up.clone()),
+                _ if generation < current => {
+                    tracing::debug!(generation, current, %fault, action = "stale", "fatal error from a replaced pool");
+                    return Outcome::Stale {
+                        reported: generation,
+                        current,
+                    };
+                }
+                Phase::Healing { done } => done.clone(),
+                Phase::Live => {
+                    tracing::error!(generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
+                    let (tx, rx) = watch::channel(None);
+                    policy.phase = Phase::Healing { done: rx.clone() };
+                    self.state.fetch_or(HEALING, Ordering::AcqRel);
+                    self.status.send_replace(PoolStatus::Healing {
+                        generation: current,
+                        fault: fault.clone(),
+                    });
+                    tokio::spawn(Arc::clone(self).heal(fault, tx));
+                    rx
+                }
+            }
+        };
+        match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Outcome::Stale {
+                reported: generation,
+                current: self.generation(),
+            }),
+            // The heal task vanished (runtime shutting down): report what is known.
+            Err(_) => Outcome::Stale {
+                reported: generation,
+                current: self.generation(),
+            },
+        }
+    }
+
+    /// Rescue if the file is gone, check the budget, reopen, verify, swap.
+    async fn heal(self: Arc<Self>, fault: Fault, done: watch::Sender<Option<Outcome>>) {
+        let old = self.current.load_full();
+        let file_fault = match &fault {
+            Fault::File(file) => Some(*file),
+            Fault::Error { .. } => old.file.as_ref().and_then(|f| f.check().err()),
+        };
+        let rescue = match file_fault {
+            Some(_) if self.config.rescue.enabled => self.rescue(&old).await,
+            _ => None,
+        };
+
+        let outcome = match self.budget_exceeded(&old) {
+            Some(reason) => Err(reason),
+            None => self.reopen(old.number + 1).await,
+        };
+        let outcome = match outcome {
+            Ok(new) => {
+                let generation = new.number;
+                {
+                    let mut policy = self.policy();
+                    policy.heals.push_back(Instant::now());
+                    self.current.store(Arc::new(new));
+                    policy.phase = Phase::Live;
+                    self.state.store(generation << FLAG_BITS, Ordering::Release);
+                }
+                let healed = Healed {
+                    generation,
+                    fault,
+                    rescue,
+                };
+                self.status.send_replace(PoolStatus::Live {
+                    generation,
+                    last_heal: Some(healed.clone()),
+                });
+                tracing::warn!(generation, fault = %healed.fault, rescue = ?healed.rescue, action = "healed", "database pool reopened and swapped in");
+                self.close_in_background(old);
+                Outcome::Healed(healed)
+            }
+            Err(reason) => {
+                let gave_up = GaveUp {
+                    reason,
+                    fault,
+                    exit_code: self.config.exit_code,
+                    rescue,
+                };
+                {
+                    let mut policy = self.policy();
+                    policy.phase = Phase::GaveUp(gave_up.clone());
+                    self.state.fetch_or(GAVE_UP, Ordering::AcqRel);
+                    self.state.fetch_and(!HEALING, Ordering::AcqRel);
+                }
+                self.status
+                    .send_replace(PoolStatus::GaveUp(gave_up.clone()));
+                tracing::error!(
+                    generation = old.number,
+                    fault = %gave_up.fault,
+                    reason = %gave_up.reason,
+                    rescue = ?gave_up.rescue,
+                    exit_code = gave_up.exit_code,
+                    action = "exit",
+                    "database is dead and cannot be reopened: exiting so the supervisor restarts the process"
+                );
+                Outcome::GaveUp(gave_up)
+            }
+        };
+        let _ = done.send(Some(outcome.clone()));
+        if let Outcome::GaveUp(gave_up) = &outcome {
+            (self.config.on_give_up)(gave_up);
+        }
+    }
+
+    fn budget_exceeded(&self, old: &Generation) -> Option<GiveUpReason> {
+        if let Some(healed_at) = old.healed_at {
+            let after = healed_at.elapsed();
+            if after < self.config.recurrence_window {
+                return Some(GiveUpReason::Recurred { after });
+            }
+        }
+        let mut policy = self.policy();
+        let window = self.config.heal_window;
+        while policy.heals.front().is_some_and(|t| t.elapsed() > window) {
+            policy.heals.pop_front();
+        }
+        (policy.heals.len() >= self.config.max_heals).then(|| GiveUpReason::TooManyHeals {
+            heals: policy.heals.len(),
+            within: window,
+        })
+    }
+
+    async fn reopen(&self, number: u64) -> Result<Generation, GiveUpReason> {
+        let attempt = async {
+            let pool = (self.reopen)()
+                .await
+                .map_err(|err| GiveUpReason::ReopenFailed(err.to_string()))?;
+            Generation::open(pool, number, Some(Instant::now()))
+                .await
+                .map_err(|err| GiveUpReason::VerifyFailed(err.to_string()))
+        };
+        tokio::time::timeout(self.config.reopen_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(GiveUpReason::ReopenFailed(format!(
+                    "no verified pool within {:?}",
+                    self.config.reopen_timeout
+                )))
+            })
+    }
+
+    async fn rescue(&self, old: &Generation) -> Option<PathBuf> {
+        let file = old.file.as_ref()?;
+        let mut sentinel = old.sentinel.lock().await;
+        let conn = sentinel.as_mut()?;
+        match rescue::rescue(conn, file.path(), &self.config.rescue).await {
+            Ok(path) => {
+                tracing::error!(rescue = %path.display(), database = %file.path().display(), "rescued the dead handle's data with VACUUM INTO");
+                Some(path)
+            }
+            Err(err) => {
+                tracing::error!(database = %file.path().display(), error = %err, "rescue of the dead handle's data failed");
+                None
+            }
+        }
+    }
+
+    /// `Pool::close` waits for checked-out connections, so it never runs on a
+    /// request path, and is bounded.
+    fn close_in_background(&self, old: Arc<Generation>) {
+        let limit = self.config.close_timeout;
+        tokio::spawn(async move {
+            if let Some(conn) = old.sentinel.lock().await.take() {
+                let _ = tokio::time::timeout(limit, conn.close()).await;
+            }
+            if tokio::time::timeout(limit, old.pool.close()).await.is_err() {
+                tracing::warn!(
+                    generation = old.number,
+                    "replaced pool did not close within {limit:?}"
+                );
+            }
+        });
+    }
+}

@@ -1,0 +1,219 @@
+//! Real SQLite files, real pools, real faults.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tokio::sync::mpsc;
+use tower_db_liveness::{GaveUp, LivePool, LivePoolBuilder};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type PoolFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = sqlx::Result<SqlitePool>> + Send>>;
+
+/// A database file in its own directory inside a temporary root, so the
+/// directory can be deleted while the root (where rescues land) stays.
+pub struct TestDb {
+    pub root: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub journal: SqliteJournalMode,
+}
+
+impl TestDb {
+    pub fn new(journal: SqliteJournalMode) -> std::io::Result<Self> {
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("data");
+        std::fs::create_dir(&dir)?;
+        let path = dir.join("app.db");
+        Ok(TestDb {
+            root,
+            dir,
+            path,
+            journal,
+        })
+    }
+
+    pub fn options(&self) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(&self.path)
+            .create_if_missing(true)
+            .journal_mode(self.journal)
+            .busy_timeout(std::time::Duration::from_millis(1000))
+    }
+
+    /// Pool options that keep old connections around, as a busy service does,
+    /// and start no maintenance task.
+    pub fn pool_options() -> SqlitePoolOptions {
+        SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+    }
+
+    pub fn rm_rf_dir(&self) -> std::io::Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+    }
+
+    /// Unlinks the database file and its -wal, -shm and -journal companions.
+    pub fn unlink_files(&self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let companion = companion(&self.path, suffix);
+            if companion.exists() {
+                std::fs::remove_file(companion)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rename_file(&self) -> std::io::Result<()> {
+        std::fs::rename(&self.path, self.dir.join("app.db.moved"))
+    }
+
+    pub fn rename_dir(&self) -> std::io::Result<()> {
+        std::fs::rename(&self.dir, self.root.path().join("data.moved"))
+    }
+
+    /// Puts a different, valid database at the path (as a restore would).
+    pub async fn replace_file(&self) -> TestResult {
+        let other = self.root.path().join("other.db");
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&other)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Delete),
+        )
+        .await?;
+        create_table(&pool).await?;
+        pool.close().await;
+        std::fs::rename(&other, &self.path)?;
+        for suffix in ["-wal", "-shm"] {
+            let companion = companion(&self.path, suffix);
+            if companion.exists() {
+                std::fs::remove_file(companion)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn companion(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+pub async fn create_table<'c, E: sqlx::SqliteExecutor<'c>>(executor: E) -> sqlx::Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE)",
+    )
+    .execute(executor)
+    .await
+    .map(drop)
+}
+
+pub async fn insert(pool: &SqlitePool, body: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO notes(body) VALUES (?)")
+        .bind(body)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub async fn count(pool: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(pool)
+        .await
+}
+
+/// Counts the rows of a database file through a fresh connection of its own.
+pub async fn count_in_file(path: &Path) -> sqlx::Result<i64> {
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
+    let rows = count(&pool).await;
+    pool.close().await;
+    rows
+}
+
+/// Checks out every connection of the pool at once and writes on each, so
+/// that all of them are open on the current file before a fault.
+pub async fn warm(pool: &SqlitePool, connections: usize) -> sqlx::Result<()> {
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(pool.acquire().await?);
+    }
+    for conn in &mut held {
+        sqlx::query("SELECT count(*) FROM notes")
+            .execute(&mut **conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The injected exit action: records each give-up instead of exiting.
+pub struct Exits {
+    rx: mpsc::UnboundedReceiver<GaveUp>,
+}
+
+impl Exits {
+    pub fn install(builder: LivePoolBuilder) -> (LivePoolBuilder, Exits) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let builder = builder.on_give_up(move |gave_up| {
+            let _ = tx.send(gave_up.clone());
+        });
+        (builder, Exits { rx })
+    }
+
+    pub async fn next(&mut self) -> Option<GaveUp> {
+        self.rx.recv().await
+    }
+
+    pub fn count_now(&mut self) -> usize {
+        let mut n = 0;
+        while self.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A reopen that counts its calls and creates the table, as an app's
+/// migrations would.
+pub fn counting_reopen(
+    options: SqliteConnectOptions,
+) -> (
+    Arc<AtomicUsize>,
+    impl Fn() -> PoolFuture + Send + Sync + 'static,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let reopen = move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let options = options.clone();
+        Box::pin(async move {
+            let pool = TestDb::pool_options().connect_with(options).await?;
+            create_table(&pool).await?;
+            Ok(pool)
+        }) as PoolFuture
+    };
+    (calls, reopen)
+}
+
+/// Opens a LivePool over `db` with a counting reopen, no watchdog (tests of
+/// the watchdog turn it on themselves) and an injected exit action.
+pub async fn open_live(
+    db: &TestDb,
+    configure: impl FnOnce(LivePoolBuilder) -> LivePoolBuilder,
+) -> Result<(LivePool, Arc<AtomicUsize>, Exits), Box<dyn std::error::Error + Send + Sync>> {
+    let pool = TestDb::pool_options().connect_with(db.options()).await?;
+    create_table(&pool).await?;
+    let (calls, reopen) = counting_reopen(db.options());
+    let builder = LivePool::builder_with_pool(pool, reopen).watchdog_interval(None);
+    let (builder, exits) = Exits::install(configure(builder));
+    let live = builder.open().await?;
+    Ok((live, calls, exits))
+}

@@ -1,0 +1,260 @@
+//! The reopen-once-or-exit policy on real faults.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TestDb, TestResult, count, insert, open_live, warm};
+use sqlx::sqlite::SqliteJournalMode;
+use tower_db_liveness::{ErrorClass, GiveUpReason, LivePool, Outcome, classify};
+
+/// Unlinks the file under a DELETE-journal pool whose connections are all
+/// open on it, and returns the 1032 a write on an old connection gets.
+async fn unlink_and_fail_write(db: &TestDb, live: &LivePool) -> Result<sqlx::Error, String> {
+    let pool = live.pool();
+    let mut old = pool.acquire().await.map_err(|e| e.to_string())?;
+    sqlx::query("SELECT count(*) FROM notes")
+        .execute(&mut *old)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.unlink_files().map_err(|e| e.to_string())?;
+    match sqlx::query("INSERT INTO notes(body) VALUES ('after unlink')")
+        .execute(&mut *old)
+        .await
+    {
+        Ok(_) => Err("write on the unlinked file succeeded".into()),
+        Err(err) => Ok(err),
+    }
+}
+
+#[tokio::test]
+async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    insert(&live.pool(), "before").await?;
+    warm(&live.pool(), 4).await?;
+
+    let err = unlink_and_fail_write(&db, &live).await?;
+    assert_eq!(classify(&err), ErrorClass::Fatal, "{err}");
+
+    let outcome = live.report_at(0, &err).await;
+    let Outcome::Healed(healed) = outcome else {
+        return Err(format!("expected a heal, got {outcome:?}").into());
+    };
+    assert_eq!(healed.generation, 1);
+    assert_eq!(live.generation(), 1);
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    assert!(!live.is_healing());
+
+    // The new pool writes to the file now at the path.
+    insert(&live.pool(), "after heal").await?;
+    assert_eq!(count(&live.pool()).await?, 1);
+    assert_eq!(common::count_in_file(&db.path).await?, 1);
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn gives_up_when_the_reopen_fails() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b.exit_code(3)).await?;
+    let pool = live.pool();
+    let mut old = pool.acquire().await?;
+    sqlx::query("SELECT count(*) FROM notes")
+        .execute(&mut *old)
+        .await?;
+    db.rm_rf_dir()?;
+    let err = sqlx::query("INSERT INTO notes(body) VALUES ('x')")
+        .execute(&mut *old)
+        .await
+        .err()
+        .ok_or("write after rm -rf succeeded")?;
+
+    let outcome = live.report_at(0, &err).await;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(
+        matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("14")),
+        "{:?}",
+        gave_up.reason
+    );
+    assert_eq!(gave_up.exit_code, 3);
+    let exit = exits.next().await.ok_or("exit action never ran")?;
+    assert_eq!(exit.exit_code, 3);
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    assert!(live.has_given_up());
+
+    // Terminal: later fatal reports do not reopen and do not exit again.
+    let again = live.report_at(0, &err).await;
+    assert!(matches!(again, Outcome::GaveUp(_)), "{again:?}");
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_reports_make_one_reopen() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, _exits) = open_live(&db, |b| b).await?;
+    let err = std::sync::Arc::new(unlink_and_fail_write(&db, &live).await?);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (live, err) = (live.clone(), err.clone());
+        tasks.spawn(async move { live.report_at(0, &err).await });
+    }
+    let mut healed = 0;
+    let mut stale = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome? {
+            Outcome::Healed(h) => {
+                assert_eq!(h.generation, 1);
+                healed += 1;
+            }
+            // A report scheduled after the heal finished sees a replaced pool.
+            Outcome::Stale {
+                reported: 0,
+                current: 1,
+            } => stale += 1,
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!(healed + stale, 1000);
+    assert!(healed >= 1);
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    assert_eq!(live.generation(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_report_from_a_replaced_pool_is_stale() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, _exits) = open_live(&db, |b| b).await?;
+    let err = unlink_and_fail_write(&db, &live).await?;
+    assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
+
+    // A request that started on generation 0 fails late with the same error.
+    let late = live.report_at(0, &err).await;
+    assert!(
+        matches!(
+            late,
+            Outcome::Stale {
+                reported: 0,
+                current: 1
+            }
+        ),
+        "{late:?}"
+    );
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fault_recurring_on_the_fresh_pool_gives_up() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) =
+        open_live(&db, |b| b.recurrence_window(Duration::from_secs(3600))).await?;
+    let err = unlink_and_fail_write(&db, &live).await?;
+    assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
+
+    // The same fault again, this time on the fresh generation.
+    let err = unlink_and_fail_write(&db, &live).await?;
+    let outcome = live.report_at(1, &err).await;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(
+        matches!(gave_up.reason, GiveUpReason::Recurred { .. }),
+        "{:?}",
+        gave_up.reason
+    );
+    assert!(exits.next().await.is_some());
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn heals_are_budgeted() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| {
+        b.recurrence_window(Duration::ZERO)
+            .max_heals(2, Duration::from_secs(3600))
+    })
+    .await?;
+    for generation in 0..2 {
+        let err = unlink_and_fail_write(&db, &live).await?;
+        let outcome = live.report_at(generation, &err).await;
+        assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
+    }
+    let err = unlink_and_fail_write(&db, &live).await?;
+    let outcome = live.report_at(2, &err).await;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert_eq!(
+        gave_up.reason,
+        GiveUpReason::TooManyHeals {
+            heals: 2,
+            within: Duration::from_secs(3600)
+        }
+    );
+    assert!(exits.next().await.is_some());
+    assert_eq!(reopens.load(Ordering::SeqCst), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn transient_errors_never_reopen() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, _exits) = open_live(&db, |b| b).await?;
+
+    // A second pool holds the write lock; ours gives up waiting at once.
+    let holder = sqlx::SqlitePool::connect_with(db.options()).await?;
+    let mut lock = holder.acquire().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await?;
+    let impatient =
+        sqlx::SqlitePool::connect_with(db.options().busy_timeout(Duration::ZERO)).await?;
+    let err = insert(&impatient, "blocked")
+        .await
+        .err()
+        .ok_or("write under a held lock succeeded")?;
+
+    for _ in 0..10 {
+        let outcome = live.report(&err).await;
+        assert!(
+            matches!(outcome, Outcome::Ignored(ErrorClass::Transient)),
+            "{outcome:?}"
+        );
+    }
+    let timed_out = live.report(&sqlx::Error::PoolTimedOut).await;
+    assert!(matches!(timed_out, Outcome::Ignored(ErrorClass::Transient)));
+    assert_eq!(reopens.load(Ordering::SeqCst), 0);
+    assert_eq!(live.generation(), 0);
+
+    sqlx::query("ROLLBACK").execute(&mut *lock).await?;
+    insert(&live.pool(), "after the lock").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_default_reopen_uses_the_same_options() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (builder, _exits) = common::Exits::install(
+        LivePool::builder(db.options())
+            .pool_options(TestDb::pool_options())
+            .watchdog_interval(None),
+    );
+    let live = builder.open().await?;
+    common::create_table(&live.pool()).await?;
+    let err = unlink_and_fail_write(&db, &live).await?;
+    let outcome = live.report(&err).await;
+    assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
+    // The default reopen created an empty file at the path (create_if_missing).
+    assert!(db.path.exists());
+    common::create_table(&live.pool()).await?;
+    insert(&live.pool(), "on the new file").await?;
+    assert_eq!(common::count_in_file(&db.path).await?, 1);
+    Ok(())
+}
