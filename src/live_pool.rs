@@ -578,15 +578,33 @@ impl LivePool {
     /// starts a heal, or joins the one in flight; it resolves when the heal
     /// is done.
     pub async fn report_at(&self, generation: u64, err: &sqlx::Error) -> Outcome {
-        let class = classify(err);
-        let code = result_code(err);
-        if !class.is_fatal() {
-            tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
-            return Outcome::Ignored(class);
-        }
-        self.inner
-            .fatal(generation, Fault::from_error(err, code))
+        self.report_classified(generation, classify(err), result_code(err), err)
             .await
+    }
+
+    /// The policy's door for an error that was already classified (by the
+    /// layer, from a response extension or an error's `source()` chain).
+    pub(crate) fn report_classified(
+        &self,
+        generation: u64,
+        class: ErrorClass,
+        code: Option<i32>,
+        err: &dyn fmt::Display,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        // Everything needed from `err` is taken now, so the future borrows nothing.
+        let fatal = if class.is_fatal() {
+            Some(Fault::from_error(err, code))
+        } else {
+            tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
+            None
+        };
+        let inner = Arc::clone(&self.inner);
+        async move {
+            match fatal {
+                Some(fault) => inner.fatal(generation, fault).await,
+                None => Outcome::Ignored(class),
+            }
+        }
     }
 
     /// Compares the database file the pool opened with what its path leads
@@ -605,6 +623,26 @@ impl LivePool {
     /// runs.
     pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
         self.inner.status.subscribe()
+    }
+
+    /// The generation and whether a heal is in flight, from one atomic load
+    /// (the layer's per-request cost).
+    #[allow(dead_code)] // used by the layer
+    pub(crate) fn load_state(&self) -> (u64, bool) {
+        let state = self.inner.state.load(Ordering::Acquire);
+        (state >> FLAG_BITS, state & HEALING != 0)
+    }
+
+    /// The generation in service, with its pool, file and sentinel.
+    #[allow(dead_code)] // used by the health probe
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.inner.current()
+    }
+
+    /// Feeds a fatal finding (a probe's, say) about `generation` to the policy.
+    #[allow(dead_code)] // used by the health probe
+    pub(crate) async fn report_fault(&self, generation: u64, fault: Fault) -> Outcome {
+        self.inner.fatal(generation, fault).await
     }
 
     /// Waits until the heal in flight, if any, has finished.
