@@ -53,6 +53,26 @@
 //! | [`Fatal`](ErrorClass::Fatal) | IOERR (10) and its extended codes except 2826 and 3850; CORRUPT (11) family; NOTADB (26); CANTOPEN (14) family; READONLY_DBMOVED (1032) | `WorkerCrashed` |
 //! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut` |
 //! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes | everything else |
+//!
+//! # What happens to your data
+//!
+//! Measured with real files and real sqlx pools (both journal modes unless
+//! the row says otherwise). The crate never deletes, truncates or recreates a
+//! database file itself; a reopen uses your options exactly as given.
+//!
+//! | fault | what SQLite does | what this crate does |
+//! |---|---|---|
+//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) next to the nearest existing ancestor, the reopen fails with 14 and the policy exits. |
+//! | file unlinked (`rm app.db`) | as above | Rescue next to the file, then reopen: with `create_if_missing(true)` onto a new, empty file (your reopen creates the schema), otherwise exit. |
+//! | file or directory renamed | as above; the old file keeps its rows | Rescue, then reopen at the path (a new file) or exit if the directory is gone. |
+//! | file replaced by another database | old connections keep using the old inode | Rescue the old inode, then heal onto the file now at the path. |
+//! | page corruption | 11 CORRUPT on access; some reads may still succeed | Reopen once; if the corruption is in the file, the fault recurs and the policy exits. |
+//! | garbage file / bad header | 26 NOTADB | Reopen fails verification, the policy exits. |
+//! | lock held elsewhere, disk full | 5 / 517 BUSY, 13 FULL | Nothing: transient, the request fails with the error. |
+//!
+//! A write that is in flight on the old pool while the rescue runs can
+//! commit into the dead file after the rescue's snapshot; the layer holds
+//! new requests while a heal is in flight to keep that window short.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
