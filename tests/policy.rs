@@ -258,3 +258,44 @@ async fn the_default_reopen_uses_the_same_options() -> TestResult {
     assert_eq!(common::count_in_file(&db.path).await?, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn corruption_in_the_file_recurs_after_the_reopen_and_gives_up() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    for i in 0..200 {
+        insert(&live.pool(), &format!("{i:0>300}")).await?;
+    }
+    // Damage page 2 (the root of `notes`) in place: same inode, so no file fault.
+    let mut bytes = std::fs::read(&db.path)?;
+    bytes[4096..8192].fill(0xa5);
+    std::fs::write(&db.path, bytes)?;
+    // Connections that cached the page may still read it; a new pool cannot.
+    let fresh = sqlx::SqlitePool::connect_with(db.options()).await?;
+    let err = count(&fresh)
+        .await
+        .err()
+        .ok_or("the damaged page was read")?;
+    assert_eq!(classify(&err), ErrorClass::Fatal, "{err}");
+
+    // One reopen: the schema page is intact, so the new pool verifies...
+    let outcome = live.report_at(0, &err).await;
+    assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
+    // ...but the damage is in the file, and it comes back on the new pool.
+    let again = count(&live.pool())
+        .await
+        .err()
+        .ok_or("the damaged page was read")?;
+    let outcome = live.report_at(1, &again).await;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(
+        matches!(gave_up.reason, GiveUpReason::Recurred { .. }),
+        "{:?}",
+        gave_up.reason
+    );
+    assert!(exits.next().await.is_some());
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
+    Ok(())
+}
