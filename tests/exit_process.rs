@@ -34,6 +34,7 @@ async fn child_gives_up() -> TestResult {
         .await
         .err()
         .ok_or("write after rm -rf succeeded")?;
+    drop(old);
     // The reopen fails with 14 (the directory is gone): the default exit
     // action ends this process here.
     live.report(&err).await;

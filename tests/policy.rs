@@ -70,6 +70,7 @@ async fn gives_up_when_the_reopen_fails() -> TestResult {
         .await
         .err()
         .ok_or("write after rm -rf succeeded")?;
+    drop(old);
 
     let outcome = live.report_at(0, &err).await;
     let Outcome::GaveUp(gave_up) = outcome else {
