@@ -15,7 +15,11 @@
 //! - a watchdog compares the database file's identity with its path, because
 //!   a WAL pool whose file was deleted reports no error at all, and a rescue
 //!   saves what the dead handle still sees with `VACUUM INTO` before the
-//!   pool is replaced.
+//!   pool is replaced;
+//! - [`HealthService`] answers `/health` from a probe that reads the database
+//!   and checks its file, within a timeout, and is itself a detector; with the
+//!   `tonic` feature it also drives gRPC health checking, with `systemd` the
+//!   systemd watchdog. See [`health`] for Kubernetes and systemd set-ups.
 //!
 //! # Example
 //!
@@ -82,12 +86,17 @@
 #![forbid(unsafe_code)]
 
 mod classify;
+pub mod health;
 mod identity;
 mod live_pool;
 mod rescue;
+#[cfg(feature = "systemd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]
+pub mod systemd;
 mod watchdog;
 
 pub use classify::{ErrorClass, classify, classify_chain};
+pub use health::HealthService;
 pub use identity::FileFault;
 pub use live_pool::{
     Fault, GaveUp, GiveUpReason, Healed, LivePool, LivePoolBuilder, Outcome, PoolStatus,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,12 @@ use crate::rescue::{self, RescueConfig};
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type ReopenFn = Arc<dyn Fn() -> BoxFuture<Result<SqlitePool, sqlx::Error>> + Send + Sync>;
 type GiveUpFn = Arc<dyn Fn(&GaveUp) + Send + Sync>;
+/// Work that must be done after a give-up is published and before the exit
+/// action runs (the gRPC bridge's NOT_SERVING).
+pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>;
+
+/// How long the give-up hooks together may delay the exit action.
+const GIVE_UP_HOOKS_LIMIT: Duration = Duration::from_secs(2);
 
 /// A cheaply cloneable handle to the application's current `SqlitePool`.
 ///
@@ -453,6 +459,7 @@ pub(crate) struct Inner {
     status: watch::Sender<PoolStatus>,
     reopen: ReopenFn,
     pub(crate) config: Config,
+    give_up_hooks: Mutex<Vec<GiveUpHook>>,
     /// Dropped with the last handle, which stops the watchdog at once.
     _stop_watchdog: Option<oneshot::Sender<()>>,
 }
@@ -543,6 +550,7 @@ impl LivePool {
             }),
             reopen,
             config,
+            give_up_hooks: Mutex::new(Vec::new()),
             _stop_watchdog: watchdog.then_some(stop_tx),
         });
         if watchdog {
@@ -643,15 +651,41 @@ impl LivePool {
     }
 
     /// The generation in service, with its pool, file and sentinel.
-    #[allow(dead_code)] // used by the health probe
     pub(crate) fn current(&self) -> Arc<Generation> {
         self.inner.current()
     }
 
     /// Feeds a fatal finding (a probe's, say) about `generation` to the policy.
-    #[allow(dead_code)] // used by the health probe
     pub(crate) async fn report_fault(&self, generation: u64, fault: Fault) -> Outcome {
         self.inner.fatal(generation, fault).await
+    }
+
+    /// Heals made within the heal window: what [`LivePoolBuilder::max_heals`]
+    /// counts.
+    pub(crate) fn recent_heals(&self) -> usize {
+        let window = self.inner.config.heal_window;
+        let policy = self.inner.policy();
+        policy
+            .heals
+            .iter()
+            .filter(|t| t.elapsed() <= window)
+            .count()
+    }
+
+    /// A handle for background tasks that must not keep the pool alive.
+    pub(crate) fn downgrade(&self) -> WeakLivePool {
+        WeakLivePool(Arc::downgrade(&self.inner))
+    }
+
+    /// Runs `hook` after a give-up has been published and before the exit
+    /// action, awaited (all hooks together at most 2 s).
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))] // used by the gRPC bridge
+    pub(crate) fn before_exit(&self, hook: GiveUpHook) {
+        self.inner
+            .give_up_hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(hook);
     }
 
     /// Waits until the heal in flight, if any, has finished.
@@ -659,6 +693,16 @@ impl LivePool {
         if let Some(mut done) = self.inner.heal_in_flight() {
             let _ = done.wait_for(Option::is_some).await;
         }
+    }
+}
+
+/// A [`LivePool`] handle that does not keep the pool alive.
+#[derive(Clone)]
+pub(crate) struct WeakLivePool(Weak<Inner>);
+
+impl WeakLivePool {
+    pub(crate) fn upgrade(&self) -> Option<LivePool> {
+        self.0.upgrade().map(|inner| LivePool { inner })
     }
 }
 
@@ -831,7 +875,34 @@ impl Inner {
         };
         let _ = done.send(Some(outcome.clone()));
         if let Outcome::GaveUp(gave_up) = &outcome {
+            self.run_give_up_hooks(gave_up).await;
             (self.config.on_give_up)(gave_up);
+        }
+    }
+
+    async fn run_give_up_hooks(&self, gave_up: &GaveUp) {
+        let hooks: Vec<BoxFuture<()>> = self
+            .give_up_hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|hook| hook(gave_up))
+            .collect();
+        if hooks.is_empty() {
+            return;
+        }
+        let all = async {
+            for hook in hooks {
+                hook.await;
+            }
+        };
+        if tokio::time::timeout(GIVE_UP_HOOKS_LIMIT, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "give-up hooks did not finish within {GIVE_UP_HOOKS_LIMIT:?}; running the exit action"
+            );
         }
     }
 
