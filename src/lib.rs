@@ -15,7 +15,13 @@
 //! - a watchdog compares the database file's identity with its path, because
 //!   a WAL pool whose file was deleted reports no error at all, and a rescue
 //!   saves what the dead handle still sees with `VACUUM INTO` before the
-//!   pool is replaced.
+//!   pool is replaced;
+//! - [`DbLivenessLayer`] is how a service uses it: in any tower stack it
+//!   reports the database errors of responses and service errors to the
+//!   `LivePool` and holds requests while a reopen is in flight. Handlers
+//!   return [`DbError`] (axum), call [`mark_response`] (any `http::Response`)
+//!   or build their `tonic::Status` with `status_from_sqlx` (tonic), so the
+//!   `sqlx::Error` survives the framework's error-to-response conversion.
 //!
 //! # Example
 //!
@@ -58,13 +64,21 @@
 #![forbid(unsafe_code)]
 
 mod classify;
+mod error;
 mod identity;
+mod layer;
 mod live_pool;
 mod rescue;
 mod watchdog;
 
 pub use classify::{ErrorClass, classify, classify_chain};
+#[cfg(feature = "tonic")]
+pub use error::status_from_sqlx;
+pub use error::{DbError, mark_response};
 pub use identity::FileFault;
+pub use layer::{
+    BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
+};
 pub use live_pool::{
     Fault, GaveUp, GiveUpReason, Healed, LivePool, LivePoolBuilder, Outcome, PoolStatus,
 };
