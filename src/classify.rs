@@ -142,6 +142,14 @@ impl Found<'_> {
             Found::Database(db) => classify_database_error(*db),
         }
     }
+
+    /// SQLite's extended result code, when the error has one.
+    pub(crate) fn code(&self) -> Option<i32> {
+        match self {
+            Found::Sqlx(err) => result_code(err),
+            Found::Database(db) => parse_code(*db),
+        }
+    }
 }
 
 impl fmt::Display for Found<'_> {

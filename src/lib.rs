@@ -19,7 +19,13 @@
 //! - [`HealthService`] answers `/health` from a probe that reads the database
 //!   and checks its file, within a timeout, and is itself a detector; with the
 //!   `tonic` feature it also drives gRPC health checking, with `systemd` the
-//!   systemd watchdog. See [`health`] for Kubernetes and systemd set-ups.
+//!   systemd watchdog. See [`health`] for Kubernetes and systemd set-ups;
+//! - [`DbLivenessLayer`] is how a service uses it: in any tower stack it
+//!   reports the database errors of responses and service errors to the
+//!   `LivePool` and holds requests while a reopen is in flight. Handlers
+//!   return [`DbError`] (axum), call [`mark_response`] (any `http::Response`)
+//!   or build their `tonic::Status` with `status_from_sqlx` (tonic), so the
+//!   `sqlx::Error` survives the framework's error-to-response conversion.
 //!
 //! # Example
 //!
@@ -86,8 +92,10 @@
 #![forbid(unsafe_code)]
 
 mod classify;
+mod error;
 pub mod health;
 mod identity;
+mod layer;
 mod live_pool;
 mod rescue;
 #[cfg(feature = "systemd")]
@@ -96,8 +104,14 @@ pub mod systemd;
 mod watchdog;
 
 pub use classify::{ErrorClass, classify, classify_chain};
+#[cfg(feature = "tonic")]
+pub use error::status_from_sqlx;
+pub use error::{DbError, mark_response};
 pub use health::HealthService;
 pub use identity::FileFault;
+pub use layer::{
+    BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
+};
 pub use live_pool::{
     Fault, GaveUp, GiveUpReason, Healed, LivePool, LivePoolBuilder, Outcome, PoolStatus,
 };

@@ -469,6 +469,14 @@ struct Policy {
     heals: VecDeque<Instant>,
 }
 
+/// What [`Inner::begin_fatal`] decided.
+pub(crate) enum Joined {
+    /// Nothing to wait for.
+    Done(Outcome),
+    /// A heal is in flight (just started or joined); its outcome arrives here.
+    Heal(watch::Receiver<Option<Outcome>>),
+}
+
 enum Phase {
     Live,
     Healing {
@@ -601,6 +609,13 @@ impl LivePool {
 
     /// The policy's door for an error that was already classified (by the
     /// layer, from a response extension or an error's `source()` chain).
+    ///
+    /// The decision is taken **now**, not when the future is first polled: a
+    /// fatal error marks the pool as healing and starts (or joins) the heal
+    /// before this returns. The layer relies on that: it drops the future and
+    /// returns the failed response at once, and the client's retry must find
+    /// the heal already in flight, so it is held instead of reaching the dead
+    /// pool. The future only waits for the outcome.
     pub(crate) fn report_classified(
         &self,
         generation: u64,
@@ -608,20 +623,15 @@ impl LivePool {
         code: Option<i32>,
         err: &dyn fmt::Display,
     ) -> impl Future<Output = Outcome> + Send + 'static {
-        // Everything needed from `err` is taken now, so the future borrows nothing.
-        let fatal = if class.is_fatal() {
-            Some(Fault::from_error(err, code))
+        let joined = if class.is_fatal() {
+            self.inner
+                .begin_fatal(generation, Fault::from_error(err, code))
         } else {
             tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
-            None
+            Joined::Done(Outcome::Ignored(class))
         };
         let inner = Arc::clone(&self.inner);
-        async move {
-            match fatal {
-                Some(fault) => inner.fatal(generation, fault).await,
-                None => Outcome::Ignored(class),
-            }
-        }
+        async move { inner.outcome(generation, joined).await }
     }
 
     /// Compares the database file the pool opened with what its path leads
@@ -644,7 +654,6 @@ impl LivePool {
 
     /// The generation and whether a heal is in flight, from one atomic load
     /// (the layer's per-request cost).
-    #[allow(dead_code)] // used by the layer
     pub(crate) fn load_state(&self) -> (u64, bool) {
         let state = self.inner.state.load(Ordering::Acquire);
         (state >> FLAG_BITS, state & HEALING != 0)
@@ -747,32 +756,47 @@ impl Inner {
 
     /// The policy's entry point for a fatal finding about `generation`.
     pub(crate) async fn fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {
-        let mut done = {
-            let mut policy = self.policy();
-            let current = self.generation();
-            match &policy.phase {
-                Phase::GaveUp(gave_up) => return Outcome::GaveUp(gave_up.clone()),
-                _ if generation < current => {
-                    tracing::debug!(generation, current, %fault, action = "stale", "fatal error from a replaced pool");
-                    return Outcome::Stale {
-                        reported: generation,
-                        current,
-                    };
-                }
-                Phase::Healing { done } => done.clone(),
-                Phase::Live => {
-                    tracing::error!(generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
-                    let (tx, rx) = watch::channel(None);
-                    policy.phase = Phase::Healing { done: rx.clone() };
-                    self.state.fetch_or(HEALING, Ordering::AcqRel);
-                    self.status.send_replace(PoolStatus::Healing {
-                        generation: current,
-                        fault: fault.clone(),
-                    });
-                    tokio::spawn(Arc::clone(self).heal(fault, tx));
-                    rx
-                }
+        let joined = self.begin_fatal(generation, fault);
+        self.outcome(generation, joined).await
+    }
+
+    /// The synchronous half of [`fatal`](Self::fatal): decides between
+    /// gave-up, stale, joining the heal in flight and starting one (which
+    /// sets the healing flag and spawns the heal) before it returns.
+    pub(crate) fn begin_fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Joined {
+        let mut policy = self.policy();
+        let current = self.generation();
+        match &policy.phase {
+            Phase::GaveUp(gave_up) => Joined::Done(Outcome::GaveUp(gave_up.clone())),
+            _ if generation < current => {
+                tracing::debug!(generation, current, %fault, action = "stale", "fatal error from a replaced pool");
+                Joined::Done(Outcome::Stale {
+                    reported: generation,
+                    current,
+                })
             }
+            Phase::Healing { done } => Joined::Heal(done.clone()),
+            Phase::Live => {
+                tracing::error!(generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
+                let (tx, rx) = watch::channel(None);
+                policy.phase = Phase::Healing { done: rx.clone() };
+                self.state.fetch_or(HEALING, Ordering::AcqRel);
+                self.status.send_replace(PoolStatus::Healing {
+                    generation: current,
+                    fault: fault.clone(),
+                });
+                tokio::spawn(Arc::clone(self).heal(fault, tx));
+                Joined::Heal(rx)
+            }
+        }
+    }
+
+    /// The asynchronous half of [`fatal`](Self::fatal): waits for the heal
+    /// that was joined, if any.
+    async fn outcome(&self, generation: u64, joined: Joined) -> Outcome {
+        let mut done = match joined {
+            Joined::Done(outcome) => return outcome,
+            Joined::Heal(done) => done,
         };
         match done.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone().unwrap_or(Outcome::Stale {

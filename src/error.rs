@@ -1,0 +1,232 @@
+//! Handler errors that carry a `sqlx::Error` to the layer.
+//!
+//! A framework turns a handler's error into a response before any tower
+//! layer sees it, and the `sqlx::Error` is lost on the way. [`DbError`] (with
+//! the `axum` feature), [`mark_response`] (any `http::Response`) and
+//! `status_from_sqlx` (with the `tonic` feature) keep what the
+//! [`DbLivenessLayer`](crate::DbLivenessLayer) needs: the error's class, its
+//! SQLite result code and its text.
+//!
+//! ```
+//! use tower_db_liveness::{DbError, ErrorClass};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), sqlx::Error> {
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//!
+//! async fn count(pool: &sqlx::SqlitePool) -> Result<i64, DbError> {
+//!     // `?` wraps the `sqlx::Error`.
+//!     Ok(sqlx::query_scalar("SELECT count(*) FROM missing").fetch_one(pool).await?)
+//! }
+//!
+//! let err = count(&pool).await.unwrap_err();
+//! assert_eq!(err.class(), ErrorClass::Other); // no such table: not a liveness concern
+//! # Ok(())
+//! # }
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::classify::{ErrorClass, classify, result_code};
+
+/// A handler error wrapping a `sqlx::Error`.
+///
+/// Return it from handlers (`?` converts a `sqlx::Error`). With the `axum`
+/// feature it is a response: `500 Internal Server Error` for
+/// [`ErrorClass::Other`], `503 Service Unavailable` with `Retry-After: 1` for
+/// [`Fatal`](ErrorClass::Fatal) and [`Transient`](ErrorClass::Transient), a
+/// short plain-text body that never contains SQLite's own message, and the
+/// error recorded in the response's extensions for the layer.
+///
+/// `Display` names the class only; the `sqlx::Error` is the
+/// [`source`](StdError::source).
+#[derive(Debug)]
+pub struct DbError {
+    inner: sqlx::Error,
+}
+
+impl DbError {
+    /// How the liveness policy treats the wrapped error.
+    pub fn class(&self) -> ErrorClass {
+        classify(&self.inner)
+    }
+
+    /// The wrapped error.
+    pub fn get_ref(&self) -> &sqlx::Error {
+        &self.inner
+    }
+
+    /// Unwraps the `sqlx::Error`.
+    pub fn into_inner(self) -> sqlx::Error {
+        self.inner
+    }
+
+    /// The HTTP status a response for this error should have: `503` for
+    /// fatal and transient errors (retrying soon is expected to work), `500`
+    /// otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        status_for(self.class())
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(inner: sqlx::Error) -> Self {
+        DbError { inner }
+    }
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.class() {
+            ErrorClass::Fatal => f.write_str("fatal database error"),
+            ErrorClass::Transient => f.write_str("transient database error"),
+            ErrorClass::Other => f.write_str("database error"),
+        }
+    }
+}
+
+impl StdError for DbError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.inner)
+    }
+}
+
+/// Records `err` in `response`'s extensions, where the
+/// [`DbLivenessLayer`](crate::DbLivenessLayer) finds it.
+///
+/// For handlers that build their own `http::Response` (hyper, or any
+/// framework without a `DbError` integration). The status and body are left
+/// to you; [`DbError::status`] suggests one.
+///
+/// ```
+/// use tower_db_liveness::mark_response;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sqlx::Error> {
+/// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let err = sqlx::query("SELECT * FROM missing").execute(&pool).await.unwrap_err();
+/// let mut response = http::Response::new(String::from("internal error"));
+/// *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+/// mark_response(&mut response, &err);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mark_response<B>(response: &mut http::Response<B>, err: &sqlx::Error) {
+    response.extensions_mut().insert(Marked {
+        class: classify(err),
+        code: result_code(err),
+        message: err.to_string(),
+    });
+}
+
+/// What [`mark_response`] leaves for the layer. Crate-private so that only a
+/// real `sqlx::Error` can produce one.
+#[derive(Clone, Debug)]
+pub(crate) struct Marked {
+    pub(crate) class: ErrorClass,
+    pub(crate) code: Option<i32>,
+    pub(crate) message: String,
+}
+
+fn status_for(class: ErrorClass) -> http::StatusCode {
+    match class {
+        ErrorClass::Fatal | ErrorClass::Transient => http::StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Other => http::StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for DbError {
+    fn into_response(self) -> axum_core::response::Response {
+        use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+        let status = self.status();
+        // Safe to expose: no SQL, no path, no SQLite message.
+        let body = match self.class() {
+            ErrorClass::Fatal | ErrorClass::Transient => "database temporarily unavailable\n",
+            ErrorClass::Other => "internal server error\n",
+        };
+        let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        mark_response(&mut response, &self.inner);
+        response
+    }
+}
+
+/// Builds the `tonic::Status` a handler returns for a `sqlx::Error`.
+///
+/// `Unavailable` for fatal and transient errors (gRPC clients treat it as
+/// retryable), `Internal` otherwise. The message is generic; the
+/// `sqlx::Error` is kept as the status's [`source`](StdError::source), where
+/// the [`DbLivenessLayer`](crate::DbLivenessLayer) finds it (tonic puts the
+/// status in the response's extensions). The source never goes on the wire.
+///
+/// ```
+/// use tower_db_liveness::status_from_sqlx;
+///
+/// let status = status_from_sqlx(sqlx::Error::PoolTimedOut);
+/// assert_eq!(status.code(), tonic::Code::Unavailable);
+/// ```
+#[cfg(feature = "tonic")]
+pub fn status_from_sqlx(err: sqlx::Error) -> tonic::Status {
+    let mut status = match classify(&err) {
+        ErrorClass::Fatal | ErrorClass::Transient => {
+            tonic::Status::unavailable("database temporarily unavailable")
+        }
+        ErrorClass::Other => tonic::Status::internal("database error"),
+    };
+    status.set_source(std::sync::Arc::new(err));
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_class() {
+        assert_eq!(
+            DbError::from(sqlx::Error::PoolTimedOut).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            DbError::from(sqlx::Error::WorkerCrashed).status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            DbError::from(sqlx::Error::RowNotFound).status(),
+            http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn display_hides_the_database_message() {
+        let err = DbError::from(sqlx::Error::Protocol("secret detail".into()));
+        assert_eq!(err.to_string(), "database error");
+        assert!(err.source().is_some());
+    }
+
+    #[test]
+    fn mark_records_class_code_and_message() {
+        let mut response = http::Response::new(());
+        mark_response(&mut response, &sqlx::Error::PoolTimedOut);
+        let marked = response.extensions().get::<Marked>();
+        assert!(matches!(
+            marked,
+            Some(Marked {
+                class: ErrorClass::Transient,
+                code: None,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,495 @@
+//! [`DbLivenessLayer`]: reports the database errors a service produces to its
+//! [`LivePool`], and holds requests while the pool is being reopened.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::str::FromStr;
+//!
+//! use sqlx::sqlite::SqliteConnectOptions;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_db_liveness::{DbLivenessLayer, LivePool, mark_response};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let live = LivePool::connect(SqliteConnectOptions::from_str("sqlite::memory:")?).await?;
+//!
+//! let handler_live = live.clone();
+//! let service = ServiceBuilder::new()
+//!     .layer(DbLivenessLayer::new(live))
+//!     .service_fn(move |_request: http::Request<()>| {
+//!         let live = handler_live.clone();
+//!         async move {
+//!             let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sqlite_schema")
+//!                 .fetch_one(&live.pool())
+//!                 .await;
+//!             let response = match count {
+//!                 Ok(n) => http::Response::new(n.to_string()),
+//!                 Err(err) => {
+//!                     let mut response = http::Response::new("unavailable".to_owned());
+//!                     *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+//!                     mark_response(&mut response, &err); // the layer reports it
+//!                     response
+//!                 }
+//!             };
+//!             Ok::<_, Infallible>(response)
+//!         }
+//!     });
+//!
+//! let response = service.oneshot(http::Request::new(())).await?;
+//! assert_eq!(response.into_body(), "0");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The design (generation tags, holding, where errors are found, why the
+//! heal runs beside the response) is documented on [`DbLivenessLayer`].
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::{ErrorClass, Found, find_in_chain};
+use crate::error::Marked;
+use crate::live_pool::LivePool;
+
+/// The tower layer: `.layer(DbLivenessLayer::new(live))` in any stack whose
+/// responses are `http::Response`s (axum, hyper, tonic, tower-http).
+///
+/// # What it does per request
+///
+/// 1. **Tags the request** with the [`LivePool`] generation at its start, so
+///    that a failure is reported against the pool it used: a failure from a
+///    pool that was already replaced is stale and never reopens again.
+/// 2. **Holds the request while a heal is in flight**, until the heal has
+///    finished or [`hold_timeout`](Self::hold_timeout) (default 2 s) has
+///    passed, then calls the inner service, so the request runs on the new
+///    pool instead of failing on the dead one. The tag is taken after the
+///    hold. The service that was `poll_ready`'d is the one called (the inner
+///    service must be `Clone`; the clone stays in the layer).
+/// 3. **Finds the database error** when the inner service has finished, in
+///    three places:
+///    - the response's extensions, where [`DbError`](crate::DbError)'s
+///      `IntoResponse` (feature `axum`) and [`mark_response`](crate::mark_response)
+///      record it;
+///    - the inner service's `Err(e)`: `e` and its `source()` chain (see
+///      [`FindError`] for which error types);
+///    - with the `tonic` feature, a `tonic::Status` in the response's
+///      extensions (tonic puts it there for every handler error) and its
+///      `source()` chain, as built by `status_from_sqlx`.
+///
+///    and reports it to the `LivePool` with the request's tag. The response
+///    and the error are returned unchanged.
+///
+/// # The heal runs beside the response
+///
+/// A fatal error starts (or joins) a heal and the failed request's response
+/// is returned at once; it is never held for the heal. Holding it would
+/// add the reopen time (up to the reopen timeout) to a response that has
+/// already failed and cannot be retried on the server side, and tie up a
+/// connection for it. The healing flag is set before the response leaves the
+/// layer, so the client's retry is held (step 2) and lands on the new pool.
+///
+/// # Cost
+///
+/// With no heal in flight a request costs one atomic load (the generation
+/// and the healing flag share one word), a `LivePool` clone (a reference
+/// count increment) and, when the response has extensions, a lookup of the
+/// extension type: no allocation, no lock, no system call. Holding a
+/// request allocates its wait; finding an error allocates its message.
+///
+/// # Errors of the inner service
+///
+/// `Error = S::Error`, unchanged. How the layer looks into it is chosen by
+/// the type parameter `F` ([`FindError`]): by default any
+/// `std::error::Error + 'static` (which covers `Infallible` of axum and
+/// tonic, `hyper::Error` and your own error types);
+/// [`find_errors::<BoxedErrors>()`](Self::find_errors) for
+/// `Box<dyn Error + Send + Sync>` (tower's `BoxError`) and `anyhow::Error`.
+pub struct DbLivenessLayer<F = ErrorSources> {
+    live: LivePool,
+    hold_timeout: Duration,
+    _find: PhantomData<fn() -> F>,
+}
+
+/// The default hold bound.
+const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl DbLivenessLayer {
+    /// A layer reporting to `live`.
+    pub fn new(live: LivePool) -> Self {
+        DbLivenessLayer {
+            live,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            _find: PhantomData,
+        }
+    }
+}
+
+impl<F> DbLivenessLayer<F> {
+    /// How long a request arriving during a heal is held before it is let
+    /// through anyway. Default: 2 s.
+    pub fn hold_timeout(mut self, timeout: Duration) -> Self {
+        self.hold_timeout = timeout;
+        self
+    }
+
+    /// Chooses how the layer looks into the inner service's `Err`.
+    ///
+    /// ```
+    /// use tower_db_liveness::{BoxedErrors, DbLivenessLayer, LivePool};
+    ///
+    /// fn layer(live: LivePool) -> DbLivenessLayer<BoxedErrors> {
+    ///     // For a service whose error is `Box<dyn Error + Send + Sync>`.
+    ///     DbLivenessLayer::new(live).find_errors::<BoxedErrors>()
+    /// }
+    /// ```
+    pub fn find_errors<G>(self) -> DbLivenessLayer<G> {
+        DbLivenessLayer {
+            live: self.live,
+            hold_timeout: self.hold_timeout,
+            _find: PhantomData,
+        }
+    }
+}
+
+impl<F> Clone for DbLivenessLayer<F> {
+    fn clone(&self) -> Self {
+        DbLivenessLayer {
+            live: self.live.clone(),
+            hold_timeout: self.hold_timeout,
+            _find: PhantomData,
+        }
+    }
+}
+
+impl<F> fmt::Debug for DbLivenessLayer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbLivenessLayer")
+            .field("live", &self.live)
+            .field("hold_timeout", &self.hold_timeout)
+            .finish()
+    }
+}
+
+impl<S, F> Layer<S> for DbLivenessLayer<F> {
+    type Service = DbLiveness<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DbLiveness {
+            inner,
+            live: self.live.clone(),
+            hold_timeout: self.hold_timeout,
+            _find: PhantomData,
+        }
+    }
+}
+
+/// How the layer looks into the inner service's error for a database error.
+///
+/// A service's `Err` is handed back unchanged, so the layer can only borrow
+/// it, and no single bound covers both `E: std::error::Error` and
+/// `Box<dyn Error + Send + Sync>` (the box does not implement `Error`, and
+/// a blanket implementation for both is rejected by coherence). The choice is
+/// therefore a type parameter of the layer, resolved at compile time:
+///
+/// - [`ErrorSources`] (the default): any `E: Error + 'static`;
+/// - [`BoxedErrors`]: any `E: AsRef<dyn Error + Send + Sync>`, which is
+///   `Box<dyn Error + Send + Sync>` and `anyhow::Error`.
+///
+/// For anything else, implement this trait for a type of your own and pass it
+/// to [`DbLivenessLayer::find_errors`].
+#[diagnostic::on_unimplemented(
+    message = "the layer cannot look into the service error `{E}` with `{Self}`",
+    note = "for `Box<dyn Error + Send + Sync>` or `anyhow::Error`, use `DbLivenessLayer::new(live).find_errors::<BoxedErrors>()`"
+)]
+pub trait FindError<E> {
+    /// The error whose [`source`](StdError::source) chain is searched for a
+    /// `sqlx::Error`, or `None` to search nothing.
+    fn find(err: &E) -> Option<&(dyn StdError + 'static)>;
+}
+
+/// [`FindError`] for service errors that implement `std::error::Error`
+/// (the default).
+#[derive(Debug)]
+pub enum ErrorSources {}
+
+impl<E: StdError + 'static> FindError<E> for ErrorSources {
+    fn find(err: &E) -> Option<&(dyn StdError + 'static)> {
+        Some(err)
+    }
+}
+
+/// [`FindError`] for boxed service errors (`Box<dyn Error + Send + Sync>`,
+/// `anyhow::Error`).
+#[derive(Debug)]
+pub enum BoxedErrors {}
+
+impl<E: AsRef<dyn StdError + Send + Sync + 'static>> FindError<E> for BoxedErrors {
+    fn find(err: &E) -> Option<&(dyn StdError + 'static)> {
+        Some(err.as_ref())
+    }
+}
+
+/// The service made by [`DbLivenessLayer`].
+pub struct DbLiveness<S, F = ErrorSources> {
+    inner: S,
+    live: LivePool,
+    hold_timeout: Duration,
+    _find: PhantomData<fn() -> F>,
+}
+
+impl<S, F> DbLiveness<S, F> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, F> Clone for DbLiveness<S, F> {
+    fn clone(&self) -> Self {
+        DbLiveness {
+            inner: self.inner.clone(),
+            live: self.live.clone(),
+            hold_timeout: self.hold_timeout,
+            _find: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, F> fmt::Debug for DbLiveness<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbLiveness")
+            .field("inner", &self.inner)
+            .field("live", &self.live)
+            .field("hold_timeout", &self.hold_timeout)
+            .finish()
+    }
+}
+
+impl<S, F, Req, B> Service<Req> for DbLiveness<S, F>
+where
+    S: Service<Req, Response = http::Response<B>> + Clone,
+    F: FindError<S::Error>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Req, F>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let (generation, healing) = self.live.load_state();
+        let state = if healing {
+            // Take the service that was polled ready; its clone stays here
+            // and is polled before the next call.
+            let clone = self.inner.clone();
+            let service = std::mem::replace(&mut self.inner, clone);
+            let (live, limit) = (self.live.clone(), self.hold_timeout);
+            let wait: HoldWait = Box::pin(async move {
+                // Past the bound the request goes through anyway; if it
+                // fails, it is reported like any other.
+                let _ = tokio::time::timeout(limit, live.healed()).await;
+            });
+            State::Holding {
+                wait,
+                service,
+                request,
+            }
+        } else {
+            State::Calling {
+                fut: self.inner.call(request),
+            }
+        };
+        ResponseFuture {
+            state,
+            live: self.live.clone(),
+            generation,
+            _find: PhantomData,
+        }
+    }
+}
+
+type HoldWait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pin_project! {
+    /// The response future of [`DbLiveness`].
+    pub struct ResponseFuture<S, Req, F>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+        live: LivePool,
+        generation: u64,
+        _find: PhantomData<fn() -> F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateProjReplace]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Holding {
+            wait: HoldWait,
+            service: S,
+            request: Req,
+        },
+        Calling {
+            #[pin]
+            fut: S::Future,
+        },
+        // Only for the instant between taking the held service and request
+        // out and storing the future their call returns.
+        Swapping,
+    }
+}
+
+impl<S, F, Req, B> Future for ResponseFuture<S, Req, F>
+where
+    S: Service<Req, Response = http::Response<B>>,
+    F: FindError<S::Error>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Holding { wait, .. } => {
+                    ready!(wait.as_mut().poll(cx));
+                    // The request runs on whatever pool is in service now.
+                    *this.generation = this.live.load_state().0;
+                    let StateProjReplace::Holding {
+                        mut service,
+                        request,
+                        ..
+                    } = this.state.as_mut().project_replace(State::Swapping)
+                    else {
+                        unreachable!("the state was Holding a moment ago");
+                    };
+                    let fut = service.call(request);
+                    this.state.set(State::Calling { fut });
+                }
+                StateProj::Calling { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    inspect::<F, B, S::Error>(this.live, *this.generation, &result);
+                    return Poll::Ready(result);
+                }
+                StateProj::Swapping => unreachable!("Swapping never outlives a poll"),
+            }
+        }
+    }
+}
+
+/// Looks for a database error in a finished request and reports it.
+fn inspect<F, B, E>(live: &LivePool, generation: u64, result: &Result<http::Response<B>, E>)
+where
+    F: FindError<E>,
+{
+    match result {
+        Ok(response) => {
+            let extensions = response.extensions();
+            if let Some(marked) = extensions.get::<Marked>() {
+                report(
+                    live,
+                    generation,
+                    "response extension",
+                    marked.class,
+                    marked.code,
+                    &marked.message,
+                );
+            } else if let Some(found) = tonic_status(extensions) {
+                report(
+                    live,
+                    generation,
+                    "tonic status",
+                    found.class(),
+                    found.code(),
+                    &found,
+                );
+            }
+        }
+        Err(err) => {
+            if let Some(found) = F::find(err).and_then(find_in_chain) {
+                report(
+                    live,
+                    generation,
+                    "service error",
+                    found.class(),
+                    found.code(),
+                    &found,
+                );
+            }
+        }
+    }
+}
+
+/// The database error behind a `tonic::Status` in the extensions (tonic puts
+/// the status there for every handler error).
+#[cfg(feature = "tonic")]
+fn tonic_status(extensions: &http::Extensions) -> Option<Found<'_>> {
+    extensions
+        .get::<tonic::Status>()
+        .and_then(|status| find_in_chain(status))
+}
+
+#[cfg(not(feature = "tonic"))]
+fn tonic_status(_: &http::Extensions) -> Option<Found<'_>> {
+    None
+}
+
+fn report(
+    live: &LivePool,
+    generation: u64,
+    via: &'static str,
+    class: ErrorClass,
+    code: Option<i32>,
+    err: &dyn fmt::Display,
+) {
+    tracing::debug!(via, generation, %class, code, "the layer found a database error");
+    // The policy decides and, for a fatal error, starts the heal before this
+    // returns; the returned future would only wait for the outcome, which
+    // the response does not (see "The heal runs beside the response").
+    drop(live.report_classified(generation, class, code, err));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn futures_are_send_for_send_services() {
+        type Svc = tower::util::BoxCloneSyncService<
+            http::Request<()>,
+            http::Response<()>,
+            std::convert::Infallible,
+        >;
+        assert_send::<ResponseFuture<Svc, http::Request<()>, ErrorSources>>();
+        assert_send::<DbLiveness<Svc>>();
+    }
+}
