@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Routes: `POST /notes` (the text body becomes a note; 201 with `{"id":N}`),
-//! `GET /notes` (200 with `[{"id":N,"body":"..."}]`), `GET /health` (200 or 503).
+//! `GET /notes` (200 with `[{"id":N,"body":"..."}]`), `GET /health`
+//! (`HealthService`: 200 `pass`/`warn` or 503 `fail`, `application/health+json`).
 //! It prints `listening on <addr>` once bound. Database errors go through
 //! `DbError`, so the layer sees them; the watchdog and the rescue are on;
 //! when the policy gives up (the database cannot be reopened) the process
@@ -30,11 +31,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tower_db_liveness::{DbError, DbLivenessLayer, LivePool};
+use tower_db_liveness::{DbError, DbLivenessLayer, HealthService, LivePool};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,18 +54,17 @@ pub async fn open_pool(options: SqliteConnectOptions) -> sqlx::Result<SqlitePool
     Ok(pool)
 }
 
-/// The service: the routes behind the layer.
+/// The service: the routes behind the layer, and the health check.
 pub fn app(live: LivePool) -> Router {
     routes()
         .layer(DbLivenessLayer::new(live.clone()))
+        .route_service("/health", HealthService::new(live.clone()))
         .with_state(live)
 }
 
-/// The routes alone.
+/// The database routes alone.
 pub fn routes() -> Router<LivePool> {
-    Router::new()
-        .route("/notes", post(add_note).get(list_notes))
-        .route("/health", get(health))
+    Router::new().route("/notes", post(add_note).get(list_notes))
 }
 
 async fn add_note(State(live): State<LivePool>, body: String) -> Result<Response, DbError> {
@@ -89,22 +89,6 @@ async fn list_notes(State(live): State<LivePool>) -> Result<Json<serde_json::Val
         .map(|(id, body)| serde_json::json!({ "id": id, "body": body }))
         .collect();
     Ok(Json(serde_json::Value::Array(notes)))
-}
-
-/// A simple probe: the file is still the one the pool opened, and a page of
-/// it can be read. (`SELECT 1` would succeed on a dead handle.)
-async fn health(State(live): State<LivePool>) -> Result<Response, DbError> {
-    if live.is_healing() || live.has_given_up() {
-        return Ok((StatusCode::SERVICE_UNAVAILABLE, "reopening the database\n").into_response());
-    }
-    if live.check_file().await.is_some() {
-        // The finding was reported to the policy (and waited for).
-        return Ok((StatusCode::SERVICE_UNAVAILABLE, "database file changed\n").into_response());
-    }
-    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sqlite_schema")
-        .fetch_one(&live.pool())
-        .await?;
-    Ok((StatusCode::OK, "ok\n").into_response())
 }
 
 struct Args {
