@@ -172,14 +172,14 @@ fn detection(c: &mut Criterion) {
                         status
                             .wait_for(|s| matches!(s, PoolStatus::Healing { .. }))
                             .await
-                            .expect("status");
+                            .expect("the LivePool is gone");
                         total += start.elapsed();
                         status
                             .wait_for(|s| {
                                 matches!(s, PoolStatus::Live { generation: g, .. } if *g > generation)
                             })
                             .await
-                            .expect("healed");
+                            .expect("the LivePool is gone");
                     }
                     total
                 })

@@ -299,7 +299,7 @@ impl HealthService {
     /// What the policy's state alone says: a give-up fails, a heal in
     /// flight warns; `None` while a verified pool is live.
     fn policy_state(&self) -> Option<(HealthStatus, Detail)> {
-        match &*self.live.subscribe().borrow() {
+        match &self.live.status() {
             PoolStatus::Live { .. } => None,
             PoolStatus::Healing { fault, .. } => Some((
                 HealthStatus::Warn,

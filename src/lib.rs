@@ -114,4 +114,5 @@ pub use layer::{
 };
 pub use live_pool::{
     Fault, GaveUp, GiveUpReason, Healed, LivePool, LivePoolBuilder, Outcome, PoolStatus,
+    StatusWatch,
 };

@@ -203,6 +203,34 @@ pub enum PoolStatus {
     GaveUp(GaveUp),
 }
 
+/// Follows a [`LivePool`]'s [`PoolStatus`]; from [`LivePool::subscribe`].
+///
+/// Statuses are handed out as owned copies: a borrowed one held across an
+/// `.await` would stall the policy, which publishes from its own task.
+#[derive(Debug, Clone)]
+pub struct StatusWatch(watch::Receiver<PoolStatus>);
+
+impl StatusWatch {
+    /// The latest status, which also counts as seen by
+    /// [`changed`](Self::changed).
+    pub fn latest(&mut self) -> PoolStatus {
+        self.0.borrow_and_update().clone()
+    }
+
+    /// Waits for a status not yet seen and returns it; `None` once the
+    /// `LivePool` is gone.
+    pub async fn changed(&mut self) -> Option<PoolStatus> {
+        self.0.changed().await.ok()?;
+        Some(self.latest())
+    }
+
+    /// Waits until the status satisfies `f` (now or later) and returns it;
+    /// `None` if the `LivePool` is gone first.
+    pub async fn wait_for(&mut self, f: impl FnMut(&PoolStatus) -> bool) -> Option<PoolStatus> {
+        self.0.wait_for(f).await.ok().map(|status| status.clone())
+    }
+}
+
 /// Builds a [`LivePool`]; see [`LivePool::builder`] and [`LivePool::builder_with_pool`].
 #[must_use]
 pub struct LivePoolBuilder {
@@ -648,8 +676,13 @@ impl LivePool {
     /// Follows the policy: live, healing, live again (with the heal's
     /// details) or gave up. The give-up is published before the exit action
     /// runs.
-    pub fn subscribe(&self) -> watch::Receiver<PoolStatus> {
-        self.inner.status.subscribe()
+    pub fn subscribe(&self) -> StatusWatch {
+        StatusWatch(self.inner.status.subscribe())
+    }
+
+    /// What the policy is doing now.
+    pub fn status(&self) -> PoolStatus {
+        self.inner.status.borrow().clone()
     }
 
     /// The generation and whether a heal is in flight, from one atomic load

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Exits, TestDb, TestResult, count_in_file, insert, open_live, warm};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use tower_db_liveness::{Fault, FileFault, GiveUpReason, LivePool, PoolStatus};
+use tower_db_liveness::{Fault, FileFault, GiveUpReason, LivePool, PoolStatus, StatusWatch};
 
 const BEFORE: i64 = 50;
 const AFTER: i64 = 20;
@@ -64,10 +64,11 @@ fn expected_fault(kind: Kind) -> FileFault {
 
 /// Waits on the policy's own signal for the first status that is not
 /// "generation 0 live".
-async fn next_change(status: &mut tokio::sync::watch::Receiver<PoolStatus>) -> TestResult {
+async fn next_change(status: &mut StatusWatch) -> TestResult {
     status
         .wait_for(|s| !matches!(s, PoolStatus::Live { generation: 0, .. }))
-        .await?;
+        .await
+        .ok_or("the LivePool is gone")?;
     Ok(())
 }
 
@@ -116,8 +117,8 @@ async fn scenario(
     let detection = fault_at.elapsed();
     let final_status = status
         .wait_for(|s| !matches!(s, PoolStatus::Healing { .. }))
-        .await?
-        .clone();
+        .await
+        .ok_or("the LivePool is gone")?;
 
     let (fault, rescue) = match (&final_status, &expected) {
         (

@@ -200,11 +200,12 @@ async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestRes
 
     // The probe's finding reached the policy: it tried the reopen once and
     // gave up (the directory is gone), running the injected exit action.
-    let gave_up = match &*status
+    let gave_up = match status
         .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
-        .await?
+        .await
+        .ok_or("the LivePool is gone")?
     {
-        PoolStatus::GaveUp(gave_up) => gave_up.clone(),
+        PoolStatus::GaveUp(gave_up) => gave_up,
         other => return Err(format!("{other:?}").into()),
     };
     assert!(matches!(gave_up.reason, GiveUpReason::ReopenFailed(_)));
@@ -321,7 +322,8 @@ async fn a_fatal_error_from_the_read_fails_and_reaches_the_policy() -> TestResul
     // The reopen meets the same garbage and the policy gives up.
     status
         .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
-        .await?;
+        .await
+        .ok_or("the LivePool is gone")?;
     assert!(exits.next().await.is_some());
     assert_eq!(reopens.load(Ordering::SeqCst), 1);
     Ok(())

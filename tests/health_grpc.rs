@@ -165,7 +165,8 @@ async fn not_serving_is_set_before_the_exit_action_runs() -> TestResult {
     live.check_file().await.ok_or("no finding")?;
     status
         .wait_for(|s| matches!(s, PoolStatus::Live { generation: 1, .. }))
-        .await?;
+        .await
+        .ok_or("the LivePool is gone")?;
     next_status(&mut watch, ServingStatus::Serving).await?;
 
     // The same fault on the fresh pool: the policy gives up. Found on a

@@ -64,14 +64,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::{HealthService, HealthStatus, WeakHealth};
-use crate::live_pool::PoolStatus;
+use crate::live_pool::{PoolStatus, StatusWatch};
 
 /// Keeps a tonic-health [`HealthReporter`] in step with a [`LivePool`](crate::LivePool).
 ///
@@ -175,7 +175,7 @@ impl Bridge {
 async fn run(
     bridge: Arc<Bridge>,
     health: WeakHealth,
-    mut status: watch::Receiver<PoolStatus>,
+    mut status: StatusWatch,
     probe_interval: Option<Duration>,
 ) {
     let mut ticker = probe_interval.map(|period| {
@@ -187,7 +187,7 @@ async fn run(
     let mut failed: Option<u64> = None;
     loop {
         bridge
-            .set(|| match &*status.borrow_and_update() {
+            .set(|| match &status.latest() {
                 PoolStatus::Live { generation, .. } if failed != Some(*generation) => {
                     ServingStatus::Serving
                 }
@@ -196,7 +196,7 @@ async fn run(
             .await;
         tokio::select! {
             changed = status.changed() => {
-                if changed.is_err() {
+                if changed.is_none() {
                     return; // the LivePool is gone
                 }
             }

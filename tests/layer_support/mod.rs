@@ -234,7 +234,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The fault recorded by the last heal, as published by the policy.
 pub fn last_heal(live: &LivePool) -> Option<tower_db_liveness::Healed> {
-    match &*live.subscribe().borrow() {
+    match &live.status() {
         tower_db_liveness::PoolStatus::Live { last_heal, .. } => last_heal.clone(),
         _ => None,
     }
