@@ -299,29 +299,49 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let (generation, healing) = self.live.load_state();
-        let state = if healing {
-            // Take the service that was polled ready; its clone stays here
-            // and is polled before the next call.
-            let clone = self.inner.clone();
-            let service = std::mem::replace(&mut self.inner, clone);
-            let (live, limit) = (self.live.clone(), self.hold_timeout);
-            let wait: HoldWait = Box::pin(async move {
-                // Past the bound the request goes through anyway; if it
-                // fails, it is reported like any other.
-                let _ = tokio::time::timeout(limit, live.healed()).await;
-            });
-            State::Holding {
-                wait,
-                service,
-                request,
-            }
-        } else {
-            State::Calling {
-                fut: self.inner.call(request),
-            }
-        };
+        if healing {
+            return self.hold(request, generation);
+        }
         ResponseFuture {
-            state,
+            state: State::Calling {
+                fut: self.inner.call(request),
+            },
+            live: self.live.clone(),
+            generation,
+            _find: PhantomData,
+        }
+    }
+}
+
+impl<S, F> DbLiveness<S, F> {
+    /// The rare path, out of line so the common one stays small: holds the
+    /// request until the heal in flight has finished.
+    #[cold]
+    #[inline(never)]
+    fn hold<Req>(&mut self, request: Req, generation: u64) -> ResponseFuture<S, Req, F>
+    where
+        S: Service<Req> + Clone,
+    {
+        // Take the service that was polled ready; its clone stays here and
+        // is polled before the next call.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        let (live, limit) = (self.live.clone(), self.hold_timeout);
+        let wait: HoldWait = Box::pin(async move {
+            // Past the bound the request goes through anyway; if it fails,
+            // it is reported like any other.
+            let _ = tokio::time::timeout(limit, live.healed()).await;
+        });
+        ResponseFuture {
+            // Boxed: an inline request would make every response future (and
+            // each of its moves) larger.
+            state: State::Holding {
+                held: Box::new(Held {
+                    wait,
+                    service,
+                    request,
+                }),
+            },
             live: self.live.clone(),
             generation,
             _find: PhantomData,
@@ -330,6 +350,13 @@ where
 }
 
 type HoldWait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A request held while a heal is in flight, with the service it will run on.
+struct Held<S, Req> {
+    wait: HoldWait,
+    service: S,
+    request: Req,
+}
 
 pin_project! {
     /// The response future of [`DbLiveness`].
@@ -353,9 +380,7 @@ pin_project! {
         S: Service<Req>,
     {
         Holding {
-            wait: HoldWait,
-            service: S,
-            request: Req,
+            held: Box<Held<S, Req>>,
         },
         Calling {
             #[pin]
@@ -378,18 +403,20 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Holding { wait, .. } => {
-                    ready!(wait.as_mut().poll(cx));
+                StateProj::Holding { held } => {
+                    ready!(held.wait.as_mut().poll(cx));
                     // The request runs on whatever pool is in service now.
                     *this.generation = this.live.load_state().0;
-                    let StateProjReplace::Holding {
-                        mut service,
-                        request,
-                        ..
-                    } = this.state.as_mut().project_replace(State::Swapping)
+                    let StateProjReplace::Holding { held } =
+                        this.state.as_mut().project_replace(State::Swapping)
                     else {
                         unreachable!("the state was Holding a moment ago");
                     };
+                    let Held {
+                        mut service,
+                        request,
+                        ..
+                    } = *held;
                     let fut = service.call(request);
                     this.state.set(State::Calling { fut });
                 }

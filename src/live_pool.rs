@@ -687,6 +687,7 @@ impl LivePool {
 
     /// The generation and whether a heal is in flight, from one atomic load
     /// (the layer's per-request cost).
+    #[inline]
     pub(crate) fn load_state(&self) -> (u64, bool) {
         let state = self.inner.state.load(Ordering::Acquire);
         (state >> FLAG_BITS, state & HEALING != 0)
