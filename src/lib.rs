@@ -27,29 +27,147 @@
 //!   or build their `tonic::Status` with `status_from_sqlx` (tonic), so the
 //!   `sqlx::Error` survives the framework's error-to-response conversion.
 //!
-//! # Example
+//! # Quickstart: axum
+//!
+//! Handlers take the pool from the [`LivePool`] on every request and return
+//! [`DbError`] (feature `axum`); the layer does the rest.
 //!
 //! ```no_run
+//! # #[cfg(feature = "axum")]
+//! # mod quickstart {
+//! use axum::{Router, extract::State, http::StatusCode, routing::post};
 //! use sqlx::sqlite::SqliteConnectOptions;
-//! use tower_db_liveness::LivePool;
+//! use tower_db_liveness::{DbError, DbLivenessLayer, HealthService, LivePool};
+//!
+//! async fn add_note(State(live): State<LivePool>, body: String) -> Result<StatusCode, DbError> {
+//!     sqlx::query("INSERT INTO notes(body) VALUES (?)")
+//!         .bind(body)
+//!         .execute(&live.pool()) // the current pool: after a reopen, the new one
+//!         .await?;
+//!     Ok(StatusCode::CREATED)
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let options = SqliteConnectOptions::new()
+//!         .filename("/var/lib/app/app.db")
+//!         .create_if_missing(true);
+//!     let live = LivePool::connect(options).await?; // starts the watchdog too
+//!
+//!     let app = Router::new()
+//!         .route("/notes", post(add_note))
+//!         .layer(DbLivenessLayer::new(live.clone()))
+//!         .route_service("/health", HealthService::new(live.clone()))
+//!         .with_state(live);
+//!     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! # }
+//! # fn main() {}
+//! ```
+//!
+//! # Quickstart: hyper (or any tower stack)
+//!
+//! Without a framework's error conversion in the way, the service's own
+//! `Err` carries the `sqlx::Error`; boxed errors are searched with
+//! [`BoxedErrors`]. Handlers that build their responses themselves call
+//! [`mark_response`] instead.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use hyper_util::server::conn::auto;
+//! use hyper_util::service::TowerToHyperService;
+//! use sqlx::sqlite::SqliteConnectOptions;
+//! use tower::{ServiceBuilder, service_fn};
+//! use tower_db_liveness::{BoxedErrors, DbLivenessLayer, LivePool};
+//!
+//! type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//!
+//! async fn count(live: LivePool) -> Result<http::Response<Full<Bytes>>, BoxError> {
+//!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+//!         .fetch_one(&live.pool())
+//!         .await?; // boxed: the layer finds the sqlx::Error in the box
+//!     Ok(http::Response::new(Full::new(Bytes::from(n.to_string()))))
+//! }
 //!
 //! # #[tokio::main]
-//! # async fn main() -> Result<(), sqlx::Error> {
-//! let options = SqliteConnectOptions::new()
-//!     .filename("/var/lib/app/app.db")
-//!     .create_if_missing(true);
-//! let live = LivePool::connect(options).await?;
+//! # async fn main() -> Result<(), BoxError> {
+//! let live = LivePool::connect(SqliteConnectOptions::new().filename("app.db")).await?;
+//! let handler_live = live.clone();
+//! let service = ServiceBuilder::new()
+//!     .layer(DbLivenessLayer::new(live).find_errors::<BoxedErrors>())
+//!     .service(service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+//!         count(handler_live.clone())
+//!     }));
 //!
-//! // In a handler: take the current pool, report what failed.
-//! let result = sqlx::query("SELECT count(*) FROM sqlite_schema")
-//!     .fetch_one(&live.pool())
-//!     .await;
-//! if let Err(err) = result {
-//!     live.report(&err).await;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
+//! loop {
+//!     let (stream, _) = listener.accept().await?;
+//!     let service = TowerToHyperService::new(service.clone());
+//!     tokio::spawn(async move {
+//!         let builder = auto::Builder::new(TokioExecutor::new());
+//!         let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+//!     });
 //! }
-//! # Ok(())
 //! # }
 //! ```
+//!
+//! # Quickstart: tonic
+//!
+//! Build the handler's `Status` with `status_from_sqlx` (feature `tonic`),
+//! which keeps the `sqlx::Error` as its source; tonic puts the status in the
+//! response's extensions, where the layer finds it. The
+//! [`GrpcHealthBridge`](health::grpc::GrpcHealthBridge) keeps gRPC health
+//! checking in step with the database.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tonic")]
+//! # mod quickstart {
+//! use sqlx::sqlite::SqliteConnectOptions;
+//! use tower_db_liveness::health::grpc::GrpcHealthBridge;
+//! use tower_db_liveness::{DbLivenessLayer, HealthService, LivePool, status_from_sqlx};
+//!
+//! // In a handler of your service:
+//! async fn add(live: &LivePool, body: &str) -> Result<i64, tonic::Status> {
+//!     sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+//!         .bind(body)
+//!         .fetch_one(&live.pool())
+//!         .await
+//!         .map_err(status_from_sqlx) // UNAVAILABLE or INTERNAL, source kept
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let live = LivePool::connect(SqliteConnectOptions::new().filename("app.db")).await?;
+//!     let (reporter, health_server) = tonic_health::server::health_reporter();
+//!     GrpcHealthBridge::new(&HealthService::new(live.clone()), reporter).spawn();
+//!
+//!     tonic::transport::Server::builder()
+//!         .layer(DbLivenessLayer::new(live.clone()))
+//!         .add_service(health_server) // and your own services
+//!         .serve("0.0.0.0:50051".parse()?)
+//!         .await?;
+//!     Ok(())
+//! }
+//! # }
+//! # fn main() {}
+//! ```
+//!
+//! Without a layer, call [`LivePool::report_at`] with the generation noted
+//! when the work started, and the policy does the same.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds | extra dependencies |
+//! |---|---|---|
+//! | *(none)* | classification, `LivePool` and its policy, watchdog (polling), rescue, `DbLivenessLayer`, `HealthService`, `mark_response` | — |
+//! | `axum` | `IntoResponse` for [`DbError`] (axum 0.8) | `axum-core` |
+//! | `tonic` | `status_from_sqlx`, the layer reads `tonic::Status`, [`health::grpc`] bridge (tonic 0.14) | `tonic`, `tonic-health` |
+//! | `systemd` | `systemd::spawn_watchdog`: `WATCHDOG=1` while the probe does not fail | `sd-notify` |
+//! | `fs-watch` | the watchdog also watches the database's directory (inotify, kqueue, FSEvents) and reacts at once | `notify` |
 //!
 //! # Classification
 //!
