@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestDb, TestResult, create_table};
+use common::{TestDb, TestResult, create_table, fail_write_after};
 use sqlx::sqlite::SqliteJournalMode;
 use tower_db_liveness::LivePool;
 
@@ -23,18 +23,7 @@ async fn child_gives_up() -> TestResult {
         .open()
         .await?;
     create_table(&live.pool()).await?;
-    let pool = live.pool();
-    let mut old = pool.acquire().await?;
-    sqlx::query("SELECT count(*) FROM notes")
-        .execute(&mut *old)
-        .await?;
-    db.rm_rf_dir()?;
-    let err = sqlx::query("INSERT INTO notes(body) VALUES ('x')")
-        .execute(&mut *old)
-        .await
-        .err()
-        .ok_or("write after rm -rf succeeded")?;
-    drop(old);
+    let err = fail_write_after(&live.pool(), || db.rm_rf_dir()).await?;
     // The reopen fails with 14 (the directory is gone): the default exit
     // action ends this process here.
     live.report(&err).await;

@@ -91,7 +91,7 @@ async fn scenario(
     for i in 0..BEFORE {
         insert(&old_pool, &format!("before {i}")).await?;
     }
-    warm(&old_pool, 4).await?;
+    warm(&old_pool).await?;
     // A connection opened before the fault, as a request in flight holds one.
     let mut held = old_pool.acquire().await?;
 

@@ -99,7 +99,7 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
         .journal_mode(SqliteJournalMode::Delete);
     let pool = TestDb::pool_options().connect_with(options.clone()).await?;
     common::create_table(&pool).await?;
-    warm(&pool, 4).await?;
+    warm(&pool).await?;
     let (reopens, reopen) = common::counting_reopen(options);
     let live = LivePool::builder_with_pool(pool, reopen)
         .watchdog_interval(None)
@@ -180,7 +180,7 @@ async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestRes
     )
     .await?;
     insert(&live.pool(), "before").await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
     let mut status = live.subscribe();
 
     db.rm_rf_dir()?;
@@ -249,7 +249,7 @@ async fn a_heal_in_flight_answers_warn_then_pass() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let (live, gate, mut exits) = open_gated(&db, |b| b).await?;
     let server = serve(app(HealthService::new(live.clone()))).await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
 
     db.unlink_files()?;
     // The request that finds the unlinked file answers fail, and its report
@@ -296,7 +296,7 @@ async fn a_fatal_error_from_the_read_fails_and_reaches_the_policy() -> TestResul
     let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
     let server = serve(app(HealthService::new(live.clone()))).await?;
     insert(&live.pool(), "before").await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
     let mut status = live.subscribe();
 
     // Garbage over the whole file, in place: same inode, so the file

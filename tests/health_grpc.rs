@@ -86,7 +86,7 @@ async fn check_and_watch_see_the_database_die_and_heal() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     // No watchdog: the bridge's own probe is what notices the dead file.
     let (live, gate, mut exits) = open_gated(&db, |b| b).await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
     let (reporter, health_server) = tonic_health::server::health_reporter();
     let bridge = GrpcHealthBridge::new(&HealthService::new(live.clone()), reporter)
         .probe_interval(Some(Duration::from_millis(50)))

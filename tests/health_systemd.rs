@@ -50,7 +50,7 @@ async fn child_under_a_systemd_watchdog() -> TestResult {
     let socket = UnixDatagram::bind(std::env::var_os("NOTIFY_SOCKET").ok_or("no NOTIFY_SOCKET")?)?;
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let (live, gate, mut exits) = open_gated(&db, |b| b).await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
     let health = HealthService::new(live.clone());
     let _watchdog = systemd::spawn_watchdog(&health).ok_or("the watchdog did not start")?;
 

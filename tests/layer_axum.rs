@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use common::{TestDb, TestResult, count_in_file};
-use layer_support::{Http, WriteLock, fault_code, fill_pool, last_heal, open, passed, within};
+use common::{TestDb, TestResult, count_in_file, warm};
+use layer_support::{Http, WriteLock, fault_code, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tower_db_liveness::{DbLivenessLayer, GiveUpReason};
 
@@ -40,7 +40,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     let first = http.post("/notes", "before").await?;
     assert_eq!(first.status, 201, "{first:?}");
     assert_eq!(first.body, r#"{"id":1}"#);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     let failed = http.post("/notes", "lost").await?;
@@ -72,7 +72,7 @@ async fn deleted_directory_gives_up() -> TestResult {
     let mut server = open(db.options(), example::open_pool, false, |b| b).await?;
     let http = Http::new(serve(example::app(server.live.clone())).await?);
     assert_eq!(http.post("/notes", "before").await?.status, 201);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.rm_rf_dir()?;
     let failed = http.post("/notes", "lost").await?;
@@ -141,7 +141,7 @@ async fn requests_during_a_heal_are_held_and_served_by_the_new_pool() -> TestRes
         .with_state(server.live.clone());
     let http = std::sync::Arc::new(Http::new(serve(app).await?));
     assert_eq!(http.post("/notes", "before").await?.status, 201);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     let failed = http.post("/notes", "lost").await?;

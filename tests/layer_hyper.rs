@@ -18,9 +18,9 @@ use std::string::FromUtf8Error;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestDb, TestResult, count_in_file};
+use common::{TestDb, TestResult, count_in_file, warm};
 use http_body_util::Full;
-use layer_support::{Http, WriteLock, fault_code, fill_pool, last_heal, open, passed, within};
+use layer_support::{Http, WriteLock, fault_code, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_db_liveness::{
@@ -65,7 +65,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     let mut server = open(db.options(), example::open_pool, false, |b| b).await?;
     let http = Http::new(serve(server.live.clone()).await?);
     assert_eq!(http.post("/notes", "before").await?.status, 201);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     let failed = http.post("/notes", "lost").await?;
@@ -93,7 +93,7 @@ async fn deleted_directory_gives_up() -> TestResult {
     let mut server = open(db.options(), example::open_pool, false, |b| b).await?;
     let http = Http::new(serve(server.live.clone()).await?);
     assert_eq!(http.post("/notes", "before").await?.status, 201);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.rm_rf_dir()?;
     let failed = http.post("/notes", "lost").await?;
@@ -160,7 +160,7 @@ async fn requests_during_a_heal_are_held_and_served_by_the_new_pool() -> TestRes
         .service(example::notes_handler(server.live.clone()));
     let http = std::sync::Arc::new(Http::new(serve_service(service).await?));
     assert_eq!(http.post("/notes", "before").await?.status, 201);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     assert_eq!(http.post("/notes", "lost").await?.status, 503);
@@ -224,7 +224,7 @@ async fn the_service_error_comes_back_unchanged() -> TestResult {
     assert_eq!(utf8.as_bytes(), b"\xff\xfe");
     assert!(!server.live.is_healing());
 
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
     db.unlink_files()?;
     let err = match service.oneshot(post(b"lost")?).await {
         Err(err) => err,

@@ -10,8 +10,8 @@ use std::fmt;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{TestDb, TestResult, create_table, insert};
-use layer_support::{fill_pool, open, within};
+use common::{TestDb, TestResult, create_table, insert, warm};
+use layer_support::{open, within};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -73,7 +73,7 @@ async fn a_custom_error_is_searched_and_returned_unchanged() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let server = open(db.options(), open_pool, true, |b| b).await?;
     let service = DbLivenessLayer::new(server.live.clone()).layer(writer(server.live.clone()));
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
     db.unlink_files()?;
 
     let err = match service.oneshot(http::Request::new(())).await {
@@ -140,7 +140,7 @@ async fn a_marked_response_is_reported_and_returned_untouched() -> TestResult {
             }
         },
     ));
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
     db.unlink_files()?;
 
     let response = service.oneshot(http::Request::new(())).await?;
@@ -164,7 +164,7 @@ async fn the_hold_is_bounded() -> TestResult {
     let server = open(db.options(), open_pool, true, |b| b).await?;
     let layer = DbLivenessLayer::new(server.live.clone()).hold_timeout(Duration::from_millis(1));
     let service = layer.layer(writer(server.live.clone()));
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
     db.unlink_files()?;
 
     let first = service.clone().oneshot(http::Request::new(())).await;
@@ -243,7 +243,7 @@ async fn a_held_request_runs_on_the_service_that_was_polled_ready() -> TestResul
     let server = open(db.options(), open_pool, true, |b| b).await?;
     // Start a real heal (held shut) with a real fatal error.
     let failing = DbLivenessLayer::new(server.live.clone()).layer(writer(server.live.clone()));
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
     db.unlink_files()?;
     let err = failing.oneshot(http::Request::new(())).await.err();
     assert!(err.as_ref().is_some_and(

@@ -17,9 +17,9 @@ mod example;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestDb, TestResult, count_in_file};
+use common::{TestDb, TestResult, count_in_file, warm};
 use example::{NotesClient, NotesServer};
-use layer_support::{WriteLock, fault_code, fill_pool, last_heal, open, passed, within};
+use layer_support::{WriteLock, fault_code, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;
@@ -55,7 +55,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     let mut server = open(db.options(), example::open_pool, false, |b| b).await?;
     let mut notes = serve(server.live.clone()).await?;
     assert_eq!(notes.add("before").await?, 1);
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     let status = notes.add("lost").await.err().ok_or("the write succeeded")?;
@@ -84,7 +84,7 @@ async fn deleted_directory_gives_up() -> TestResult {
     let mut server = open(db.options(), example::open_pool, false, |b| b).await?;
     let mut notes = serve(server.live.clone()).await?;
     notes.add("before").await?;
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.rm_rf_dir()?;
     let status = notes.add("lost").await.err().ok_or("the write succeeded")?;
@@ -150,7 +150,7 @@ async fn requests_during_a_heal_are_held_and_served_by_the_new_pool() -> TestRes
     tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
     let mut notes = client(addr).await?;
     notes.add("before").await?;
-    fill_pool(&server.live).await?;
+    warm(&server.live.pool()).await?;
 
     db.unlink_files()?;
     let status = notes.add("lost").await.err().ok_or("the write succeeded")?;

@@ -5,27 +5,17 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TestDb, TestResult, count, insert, open_live, warm};
+use common::{TestDb, TestResult, count, fail_write_after, insert, open_live, warm};
 use sqlx::sqlite::SqliteJournalMode;
 use tower_db_liveness::{ErrorClass, GiveUpReason, LivePool, Outcome, classify};
 
 /// Unlinks the file under a DELETE-journal pool whose connections are all
 /// open on it, and returns the 1032 a write on an old connection gets.
-async fn unlink_and_fail_write(db: &TestDb, live: &LivePool) -> Result<sqlx::Error, String> {
-    let pool = live.pool();
-    let mut old = pool.acquire().await.map_err(|e| e.to_string())?;
-    sqlx::query("SELECT count(*) FROM notes")
-        .execute(&mut *old)
-        .await
-        .map_err(|e| e.to_string())?;
-    db.unlink_files().map_err(|e| e.to_string())?;
-    match sqlx::query("INSERT INTO notes(body) VALUES ('after unlink')")
-        .execute(&mut *old)
-        .await
-    {
-        Ok(_) => Err("write on the unlinked file succeeded".into()),
-        Err(err) => Ok(err),
-    }
+async fn unlink_and_fail_write(
+    db: &TestDb,
+    live: &LivePool,
+) -> Result<sqlx::Error, Box<dyn std::error::Error + Send + Sync>> {
+    fail_write_after(&live.pool(), || db.unlink_files()).await
 }
 
 #[tokio::test]
@@ -33,7 +23,7 @@ async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
     insert(&live.pool(), "before").await?;
-    warm(&live.pool(), 4).await?;
+    warm(&live.pool()).await?;
 
     let err = unlink_and_fail_write(&db, &live).await?;
     assert_eq!(classify(&err), ErrorClass::Fatal, "{err}");
@@ -59,18 +49,7 @@ async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
 async fn gives_up_when_the_reopen_fails() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let (live, reopens, mut exits) = open_live(&db, |b| b.exit_code(3)).await?;
-    let pool = live.pool();
-    let mut old = pool.acquire().await?;
-    sqlx::query("SELECT count(*) FROM notes")
-        .execute(&mut *old)
-        .await?;
-    db.rm_rf_dir()?;
-    let err = sqlx::query("INSERT INTO notes(body) VALUES ('x')")
-        .execute(&mut *old)
-        .await
-        .err()
-        .ok_or("write after rm -rf succeeded")?;
-    drop(old);
+    let err = fail_write_after(&live.pool(), || db.rm_rf_dir()).await?;
 
     let outcome = live.report_at(0, &err).await;
     let Outcome::GaveUp(gave_up) = outcome else {

@@ -139,11 +139,33 @@ pub async fn count_in_file(path: &Path) -> sqlx::Result<i64> {
     rows
 }
 
-/// Checks out every connection of the pool at once and writes on each, so
-/// that all of them are open on the current file before a fault.
-pub async fn warm(pool: &SqlitePool, connections: usize) -> sqlx::Result<()> {
+/// Applies `fault` while a connection of `pool` is open on the file, then
+/// writes on that connection and returns the error the write gets (1032 in
+/// DELETE journal mode after a deletion or a move).
+pub async fn fail_write_after(
+    pool: &SqlitePool,
+    fault: impl FnOnce() -> std::io::Result<()>,
+) -> Result<sqlx::Error, Box<dyn std::error::Error + Send + Sync>> {
+    let mut old = pool.acquire().await?;
+    sqlx::query("SELECT count(*) FROM notes")
+        .execute(&mut *old)
+        .await?;
+    fault()?;
+    match sqlx::query("INSERT INTO notes(body) VALUES ('after the fault')")
+        .execute(&mut *old)
+        .await
+    {
+        Ok(_) => Err("a write after the fault succeeded".into()),
+        Err(err) => Ok(err),
+    }
+}
+
+/// Makes every connection of the pool open (and idle) on the current file,
+/// as in a busy service: the pool is full, so a request after a fault gets a
+/// connection opened before it.
+pub async fn warm(pool: &SqlitePool) -> sqlx::Result<()> {
     let mut held = Vec::new();
-    for _ in 0..connections {
+    for _ in 0..pool.options().get_max_connections() {
         held.push(pool.acquire().await?);
     }
     for conn in &mut held {

@@ -78,24 +78,6 @@ where
     })
 }
 
-/// Makes every connection of the pool open (and idle) on the current file,
-/// as in a busy service: the pool is full, so a request after the fault gets
-/// a connection opened before it, and a write there fails with 1032.
-pub async fn fill_pool(live: &LivePool) -> sqlx::Result<()> {
-    let pool = live.pool();
-    let max = pool.options().get_max_connections() as usize;
-    let mut held = Vec::new();
-    for _ in 0..max {
-        held.push(pool.acquire().await?);
-    }
-    for conn in &mut held {
-        sqlx::query("SELECT count(*) FROM notes")
-            .execute(&mut **conn)
-            .await?;
-    }
-    Ok(())
-}
-
 /// A layer that reports each request once the service inside it has
 /// returned from `call`: placed outside `DbLivenessLayer`, a report means
 /// the layer has decided (hold or call) for that request.
