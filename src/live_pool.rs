@@ -164,6 +164,15 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// SQLite's extended result code, for a fault that came from an error
+    /// that had one.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            Fault::Error { code, .. } => *code,
+            Fault::File(_) => None,
+        }
+    }
+
     pub(crate) fn from_error(err: &dyn fmt::Display, code: Option<i32>) -> Self {
         Fault::Error {
             code,
@@ -803,7 +812,7 @@ impl Inner {
         match &policy.phase {
             Phase::GaveUp(gave_up) => Joined::Done(Outcome::GaveUp(gave_up.clone())),
             _ if generation < current => {
-                tracing::debug!(generation, current, %fault, action = "stale", "fatal error from a replaced pool");
+                tracing::debug!(class = "fatal", code = fault.code(), generation, current, %fault, action = "stale", "fatal error from a replaced pool");
                 Joined::Done(Outcome::Stale {
                     reported: generation,
                     current,
@@ -811,7 +820,7 @@ impl Inner {
             }
             Phase::Healing { done } => Joined::Heal(done.clone()),
             Phase::Live => {
-                tracing::error!(generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
+                tracing::error!(class = "fatal", code = fault.code(), generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
                 let (tx, rx) = watch::channel(None);
                 policy.phase = Phase::Healing { done: rx.clone() };
                 self.state.fetch_or(HEALING, Ordering::AcqRel);
@@ -900,7 +909,7 @@ impl Inner {
                     generation,
                     last_heal: Some(healed.clone()),
                 });
-                tracing::warn!(generation, fault = %healed.fault, rescue = ?healed.rescue, action = "healed", "database pool reopened and swapped in");
+                tracing::warn!(class = "fatal", code = healed.fault.code(), generation, fault = %healed.fault, rescue = ?healed.rescue, action = "healed", "database pool reopened and swapped in");
                 self.close_in_background(old);
                 Outcome::Healed(healed)
             }
@@ -920,6 +929,8 @@ impl Inner {
                 self.status
                     .send_replace(PoolStatus::GaveUp(gave_up.clone()));
                 tracing::error!(
+                    class = "fatal",
+                    code = gave_up.fault.code(),
                     generation = old.number,
                     fault = %gave_up.fault,
                     reason = %gave_up.reason,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{TestDb, TestResult, count_in_file, warm};
 use http_body_util::Full;
-use layer_support::{Http, WriteLock, fault_code, last_heal, open, passed, within};
+use layer_support::{Http, WriteLock, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_db_liveness::{
@@ -76,7 +76,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     assert_eq!(server.live.generation(), 1);
     assert_eq!(server.reopens(), 1);
     let heal = last_heal(&server.live).ok_or("no heal was published")?;
-    assert_eq!(fault_code(&heal.fault), Some(1032), "{:?}", heal.fault);
+    assert_eq!(heal.fault.code(), Some(1032), "{:?}", heal.fault);
 
     let next = http.post("/notes", "after").await?;
     assert_eq!(next.status, 201, "{next:?}");
@@ -102,12 +102,7 @@ async fn deleted_directory_gives_up() -> TestResult {
     let gave_up = within("the give-up", server.exits.next())
         .await?
         .ok_or("the exit action never ran")?;
-    assert_eq!(
-        fault_code(&gave_up.fault),
-        Some(1032),
-        "{:?}",
-        gave_up.fault
-    );
+    assert_eq!(gave_up.fault.code(), Some(1032), "{:?}", gave_up.fault);
     assert!(
         matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("14")),
         "{:?}",

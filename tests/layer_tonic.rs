@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{TestDb, TestResult, count_in_file, warm};
 use example::{NotesClient, NotesServer};
-use layer_support::{WriteLock, fault_code, last_heal, open, passed, within};
+use layer_support::{WriteLock, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;
@@ -66,7 +66,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     assert_eq!(server.live.generation(), 1);
     assert_eq!(server.reopens(), 1);
     let heal = last_heal(&server.live).ok_or("no heal was published")?;
-    assert_eq!(fault_code(&heal.fault), Some(1032), "{:?}", heal.fault);
+    assert_eq!(heal.fault.code(), Some(1032), "{:?}", heal.fault);
 
     assert_eq!(notes.add("after").await?, 1, "a new, empty file");
     let list = notes.list().await?;
@@ -93,12 +93,7 @@ async fn deleted_directory_gives_up() -> TestResult {
     let gave_up = within("the give-up", server.exits.next())
         .await?
         .ok_or("the exit action never ran")?;
-    assert_eq!(
-        fault_code(&gave_up.fault),
-        Some(1032),
-        "{:?}",
-        gave_up.fault
-    );
+    assert_eq!(gave_up.fault.code(), Some(1032), "{:?}", gave_up.fault);
     assert!(
         matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("14")),
         "{:?}",

@@ -222,14 +222,6 @@ pub fn last_heal(live: &LivePool) -> Option<tower_db_liveness::Healed> {
     }
 }
 
-/// The SQLite result code of a fault, if it came from an error.
-pub fn fault_code(fault: &tower_db_liveness::Fault) -> Option<i32> {
-    match fault {
-        tower_db_liveness::Fault::Error { code, .. } => *code,
-        _ => None,
-    }
-}
-
 /// Waits for `future`, failing the test instead of hanging it when what it
 /// waits for never happens. A bound on a hang, not a timing assertion.
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, BoxError> {
