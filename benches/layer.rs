@@ -78,7 +78,9 @@ fn success_path(c: &mut Criterion) {
                     .fetch_one(&live.pool())
                     .await
                     .unwrap_or(-1);
-                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(rows.to_string()))))
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                    rows.to_string(),
+                ))))
             }
         })
     };
