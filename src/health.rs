@@ -172,9 +172,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::classify::{ErrorClass, classify, result_code};
-use crate::live_pool::{
-    Fault, GiveUpReason, LivePool, Outcome, PoolStatus, WeakLivePool, read_page,
-};
+use crate::live_pool::{Fault, GiveUpReason, LivePool, PoolStatus, WeakLivePool, read_page};
 
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
@@ -701,9 +699,9 @@ async fn probe(live: &LivePool) -> (u64, Finding) {
         match tokio::task::spawn_blocking(move || file.check()).await {
             Ok(Ok(())) => {}
             Ok(Err(fault)) => {
-                let owner = live.clone();
-                hand_over(async move { owner.report_fault(generation, Fault::File(fault)).await })
-                    .await;
+                // The policy takes the finding now; the answer does not wait
+                // for the heal it starts.
+                drop(live.report_fault(generation, Fault::File(fault)));
                 let detail = Detail {
                     safe: format!("database file {}", fault.as_str()),
                     full: format!("{fault}: {}", path.display()),
@@ -740,26 +738,11 @@ async fn probe(live: &LivePool) -> (u64, Finding) {
     match class {
         ErrorClass::Transient => (generation, Finding::Transient(detail)),
         ErrorClass::Fatal => {
-            hand_over(live.report_classified(generation, class, code, &err)).await;
+            drop(live.report_classified(generation, class, code, &err));
             (generation, Finding::Dead(detail))
         }
         // The probe's query cannot fail on a healthy database: whatever this
         // is (a closed pool, say), the database is not serving.
         ErrorClass::Other => (generation, Finding::Dead(detail)),
-    }
-}
-
-/// Hands a fatal finding to the policy without waiting for the heal.
-///
-/// The first poll is where the policy takes the finding (it marks the heal
-/// in flight, publishes it and starts it), so it happens before the answer
-/// is sent; the rest of the report only waits for the heal's outcome, and
-/// runs on its own task.
-async fn hand_over(report: impl Future<Output = Outcome> + Send + 'static) {
-    let mut report = Box::pin(report);
-    let pending =
-        std::future::poll_fn(|cx| Poll::Ready(report.as_mut().poll(cx).is_pending())).await;
-    if pending {
-        tokio::spawn(report);
     }
 }

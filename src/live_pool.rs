@@ -507,11 +507,21 @@ struct Policy {
 }
 
 /// What [`Inner::begin_fatal`] decided.
-pub(crate) enum Joined {
+enum Joined {
     /// Nothing to wait for.
     Done(Outcome),
     /// A heal is in flight (just started or joined); its outcome arrives here.
     Heal(watch::Receiver<Option<Outcome>>),
+}
+
+impl Policy {
+    /// Forgets heals older than `window` and counts the rest.
+    fn heals_within(&mut self, window: Duration) -> usize {
+        while self.heals.front().is_some_and(|t| t.elapsed() > window) {
+            self.heals.pop_front();
+        }
+        self.heals.len()
+    }
 }
 
 enum Phase {
@@ -660,15 +670,19 @@ impl LivePool {
         code: Option<i32>,
         err: &dyn fmt::Display,
     ) -> impl Future<Output = Outcome> + Send + 'static {
-        let joined = if class.is_fatal() {
-            self.inner
-                .begin_fatal(generation, Fault::from_error(err, code))
+        let fault = if class.is_fatal() {
+            Some(Fault::from_error(err, code))
         } else {
             tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
-            Joined::Done(Outcome::Ignored(class))
+            None
         };
-        let inner = Arc::clone(&self.inner);
-        async move { inner.outcome(generation, joined).await }
+        let fatal = fault.map(|fault| self.inner.fatal(generation, fault));
+        async move {
+            match fatal {
+                Some(fatal) => fatal.await,
+                None => Outcome::Ignored(class),
+            }
+        }
     }
 
     /// Compares the database file the pool opened with what its path leads
@@ -707,21 +721,24 @@ impl LivePool {
         self.inner.current()
     }
 
-    /// Feeds a fatal finding (a probe's, say) about `generation` to the policy.
-    pub(crate) async fn report_fault(&self, generation: u64, fault: Fault) -> Outcome {
-        self.inner.fatal(generation, fault).await
+    /// Feeds a fatal finding (a probe's, say) about `generation` to the
+    /// policy. Like [`report_classified`](Self::report_classified), the
+    /// decision is taken when this is called; the future only waits for the
+    /// outcome, so a caller that must not wait for the heal drops it.
+    pub(crate) fn report_fault(
+        &self,
+        generation: u64,
+        fault: Fault,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        self.inner.fatal(generation, fault)
     }
 
     /// Heals made within the heal window: what [`LivePoolBuilder::max_heals`]
     /// counts.
     pub(crate) fn recent_heals(&self) -> usize {
-        let window = self.inner.config.heal_window;
-        let policy = self.inner.policy();
-        policy
-            .heals
-            .iter()
-            .filter(|t| t.elapsed() <= window)
-            .count()
+        self.inner
+            .policy()
+            .heals_within(self.inner.config.heal_window)
     }
 
     /// A handle for background tasks that must not keep the pool alive.
@@ -798,15 +815,25 @@ impl Inner {
     }
 
     /// The policy's entry point for a fatal finding about `generation`.
-    pub(crate) async fn fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {
+    ///
+    /// The decision (stale, join, start a heal and mark it in flight) is taken
+    /// when this is called, not when the future is first polled: the layer and
+    /// the health probe drop the future and must still have started the heal.
+    /// The future only waits for the outcome.
+    pub(crate) fn fatal(
+        self: &Arc<Self>,
+        generation: u64,
+        fault: Fault,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
         let joined = self.begin_fatal(generation, fault);
-        self.outcome(generation, joined).await
+        let inner = Arc::clone(self);
+        async move { inner.outcome(generation, joined).await }
     }
 
     /// The synchronous half of [`fatal`](Self::fatal): decides between
     /// gave-up, stale, joining the heal in flight and starting one (which
     /// sets the healing flag and spawns the heal) before it returns.
-    pub(crate) fn begin_fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Joined {
+    fn begin_fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Joined {
         let mut policy = self.policy();
         let current = self.generation();
         match &policy.phase {
@@ -982,13 +1009,10 @@ impl Inner {
                 return Some(GiveUpReason::Recurred { after });
             }
         }
-        let mut policy = self.policy();
         let window = self.config.heal_window;
-        while policy.heals.front().is_some_and(|t| t.elapsed() > window) {
-            policy.heals.pop_front();
-        }
-        (policy.heals.len() >= self.config.max_heals).then(|| GiveUpReason::TooManyHeals {
-            heals: policy.heals.len(),
+        let heals = self.policy().heals_within(window);
+        (heals >= self.config.max_heals).then_some(GiveUpReason::TooManyHeals {
+            heals,
             within: window,
         })
     }
