@@ -209,6 +209,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[allow(dead_code)] // wired in by the watchdog, probe and heal
+mod blocking;
 mod classify;
 mod error;
 pub mod health;
@@ -231,6 +233,6 @@ pub use layer::{
     BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
 };
 pub use live_pool::{
-    Fault, GaveUp, GiveUpReason, Healed, LivePool, LivePoolBuilder, Outcome, PoolStatus,
+    Fault, GaveUp, GiveUpReason, Healed, Lease, LivePool, LivePoolBuilder, Outcome, PoolStatus,
     StatusWatch,
 };

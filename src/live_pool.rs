@@ -46,11 +46,12 @@ const GIVE_UP_HOOKS_LIMIT: Duration = Duration::from_secs(2);
 ///     .create_if_missing(true);
 /// let live = LivePool::connect(options).await?;
 ///
+/// let lease = live.lease(); // the pool in service now, and its generation
 /// if let Err(err) = sqlx::query("INSERT INTO notes(body) VALUES ('hi')")
-///     .execute(&live.pool())
+///     .execute(lease.pool())
 ///     .await
 /// {
-///     match live.report(&err).await {
+///     match lease.report(&err).await {
 ///         Outcome::Healed(healed) => println!("reopened as generation {}", healed.generation),
 ///         other => println!("{other:?}"),
 ///     }
@@ -63,7 +64,7 @@ pub struct LivePool {
     inner: Arc<Inner>,
 }
 
-/// What [`LivePool::report`] did with an error.
+/// What the policy did with a reported error.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -240,6 +241,45 @@ impl StatusWatch {
     }
 }
 
+/// The pool in service when the lease was taken, and its generation; from
+/// [`LivePool::lease`].
+///
+/// Errors reported through it are tagged with that generation, so an error
+/// from a pool that was replaced meanwhile is [`Outcome::Stale`] and never
+/// reopens again.
+#[derive(Clone)]
+pub struct Lease {
+    live: LivePool,
+    generation: u64,
+    pool: SqlitePool,
+}
+
+impl Lease {
+    /// The leased pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The generation of the leased pool.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Feeds an error from the leased pool to the policy; see
+    /// [`LivePool::report_at`].
+    pub async fn report(&self, err: &sqlx::Error) -> Outcome {
+        self.live.report_at(self.generation, err).await
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds a [`LivePool`]; see [`LivePool::builder`] and [`LivePool::builder_with_pool`].
 #[must_use]
 pub struct LivePoolBuilder {
@@ -264,10 +304,12 @@ pub(crate) struct Config {
     max_heals: usize,
     heal_window: Duration,
     exit_code: i32,
-    on_give_up: GiveUpFn,
+    /// `None`: exit the process (after the shutdown grace).
+    on_give_up: Option<GiveUpFn>,
     reopen_timeout: Duration,
     close_timeout: Duration,
     drain_timeout: Duration,
+    shutdown_grace: Duration,
     pub(crate) watchdog_interval: Option<Duration>,
     #[cfg(feature = "fs-watch")]
     pub(crate) fs_watch: bool,
@@ -281,10 +323,11 @@ impl Default for Config {
             max_heals: 3,
             heal_window: Duration::from_secs(600),
             exit_code: 1,
-            on_give_up: Arc::new(|gave_up: &GaveUp| std::process::exit(gave_up.exit_code)),
+            on_give_up: None,
             reopen_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::ZERO,
             watchdog_interval: Some(Duration::from_secs(1)),
             #[cfg(feature = "fs-watch")]
             fs_watch: true,
@@ -336,7 +379,15 @@ impl LivePoolBuilder {
     where
         F: Fn(&GaveUp) + Send + Sync + 'static,
     {
-        self.config.on_give_up = Arc::new(action);
+        self.config.on_give_up = Some(Arc::new(action));
+        self
+    }
+
+    /// How long the default exit action waits after a give-up before it
+    /// exits, so a graceful shutdown driven by [`LivePool::given_up`] can
+    /// drain the requests in flight. Default: 0 (exit at once).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
         self
     }
 
@@ -634,13 +685,36 @@ impl LivePool {
         self.inner.state.load(Ordering::Acquire) & GAVE_UP != 0
     }
 
-    /// Feeds an error from the current generation to the policy.
-    ///
-    /// Prefer [`report_at`](Self::report_at) with the generation noted when
-    /// the work started: an error from a pool that was already replaced must
-    /// not reopen again.
-    pub async fn report(&self, err: &sqlx::Error) -> Outcome {
-        self.report_at(self.generation(), err).await
+    /// The pool in service now, with its generation: run a piece of work
+    /// on [`Lease::pool`] and feed its errors back with [`Lease::report`], so
+    /// they are tagged with the generation that produced them.
+    pub fn lease(&self) -> Lease {
+        let current = self.inner.current.load();
+        Lease {
+            live: self.clone(),
+            generation: current.number,
+            pool: current.pool.clone(),
+        }
+    }
+
+    /// Resolves once the policy has given up (at once if it already has):
+    /// the shutdown signal for `axum::serve(..).with_graceful_shutdown(..)`,
+    /// hyper's or tonic's graceful shutdown.
+    pub fn given_up(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut status = self.inner.status.subscribe();
+        async move {
+            let _ = status
+                .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
+                .await;
+        }
+    }
+
+    /// The give-up, once the policy has given up.
+    pub fn gave_up(&self) -> Option<GaveUp> {
+        match &*self.inner.status.borrow() {
+            PoolStatus::GaveUp(gave_up) => Some(gave_up.clone()),
+            _ => None,
+        }
     }
 
     /// Feeds an error to the policy, tagged with the generation whose pool
@@ -972,8 +1046,22 @@ impl Inner {
         let _ = done.send(Some(outcome.clone()));
         if let Outcome::GaveUp(gave_up) = &outcome {
             self.run_give_up_hooks(gave_up).await;
-            (self.config.on_give_up)(gave_up);
+            self.run_exit_action(gave_up);
         }
+    }
+
+    /// Runs the exit action. A panic in a user's action is caught and the
+    /// default action (exit) runs instead: a give-up must end the process.
+    fn run_exit_action(&self, gave_up: &GaveUp) {
+        if let Some(action) = &self.config.on_give_up {
+            let run = std::panic::AssertUnwindSafe(|| action(gave_up));
+            if std::panic::catch_unwind(run).is_ok() {
+                return;
+            }
+            tracing::error!("the on_give_up action panicked: exiting the process instead");
+            std::process::exit(gave_up.exit_code);
+        }
+        exit_after(self.config.shutdown_grace, gave_up.exit_code);
     }
 
     async fn run_give_up_hooks(&self, gave_up: &GaveUp) {
@@ -1068,5 +1156,24 @@ impl Inner {
                 let _ = tokio::time::timeout(limit, conn.close()).await;
             }
         });
+    }
+}
+
+/// The default exit action: `exit(code)` after `grace`, on a thread of its
+/// own so that neither a wedged runtime nor a slow drain can keep the
+/// process alive past the grace period.
+fn exit_after(grace: Duration, code: i32) {
+    if grace.is_zero() {
+        std::process::exit(code);
+    }
+    let spawned = std::thread::Builder::new()
+        .name("db-liveness-exit".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            tracing::error!("shutdown grace of {grace:?} is over: exiting");
+            std::process::exit(code);
+        });
+    if spawned.is_err() {
+        std::process::exit(code);
     }
 }

@@ -26,7 +26,7 @@ async fn child_gives_up() -> TestResult {
     let err = fail_write_after(&live.pool(), || db.rm_rf_dir()).await?;
     // The reopen fails with 14 (the directory is gone): the default exit
     // action ends this process here.
-    live.report(&err).await;
+    live.lease().report(&err).await;
     Err("the policy returned instead of exiting".into())
 }
 

@@ -202,13 +202,13 @@ async fn transient_errors_never_reopen() -> TestResult {
         .ok_or("write under a held lock succeeded")?;
 
     for _ in 0..10 {
-        let outcome = live.report(&err).await;
+        let outcome = live.lease().report(&err).await;
         assert!(
             matches!(outcome, Outcome::Ignored(ErrorClass::Transient)),
             "{outcome:?}"
         );
     }
-    let timed_out = live.report(&sqlx::Error::PoolTimedOut).await;
+    let timed_out = live.lease().report(&sqlx::Error::PoolTimedOut).await;
     assert!(matches!(timed_out, Outcome::Ignored(ErrorClass::Transient)));
     assert_eq!(reopens.load(Ordering::SeqCst), 0);
     assert_eq!(live.generation(), 0);
@@ -229,7 +229,7 @@ async fn the_default_reopen_uses_the_same_options() -> TestResult {
     let live = builder.open().await?;
     common::create_table(&live.pool()).await?;
     let err = unlink_and_fail_write(&db, &live).await?;
-    let outcome = live.report(&err).await;
+    let outcome = live.lease().report(&err).await;
     assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
     // The default reopen created an empty file at the path (create_if_missing).
     assert!(db.path.exists());
