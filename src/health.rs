@@ -306,6 +306,31 @@ impl HealthService {
                     full: format!("reopening the database after: {fault}"),
                 },
             )),
+            PoolStatus::RescueFailing {
+                fault,
+                attempts,
+                code,
+                ..
+            } => {
+                let why = match code {
+                    Some(13) => " (disk full)".to_owned(),
+                    Some(code) => format!(" (SQLite code {code})"),
+                    None => String::new(),
+                };
+                let text = |fault: String| {
+                    format!(
+                        "the dead database's data is not saved yet: {attempts} rescue attempts failed{why}; \
+                         retrying (after: {fault})"
+                    )
+                };
+                Some((
+                    HealthStatus::Fail,
+                    Detail {
+                        safe: text(safe_fault(fault)),
+                        full: text(fault.to_string()),
+                    },
+                ))
+            }
             PoolStatus::GaveUp(gave_up) => Some((
                 HealthStatus::Fail,
                 Detail {

@@ -20,9 +20,16 @@ pub enum FileFault {
     /// Nothing is at the path any more, but the open file still has a link
     /// somewhere else (`mv` of the file or of its directory).
     Moved,
-    /// The path leads to a different file than the one the pool has open
-    /// (a restore or deploy replaced it).
+    /// The path leads to a different file than the one the pool has open:
+    /// a restore or deploy replaced it, or the symlink that is the
+    /// configured path was repointed.
     Replaced,
+    /// The `-wal` or `-shm` file the pool has open was deleted: its commits
+    /// are invisible to every other connection and lost at the next restart.
+    CompanionDeleted,
+    /// The `-wal` or `-shm` file at the path is not the one the pool has
+    /// open: another process is working on a different write-ahead log.
+    CompanionReplaced,
 }
 
 impl FileFault {
@@ -32,7 +39,18 @@ impl FileFault {
             FileFault::Deleted => "deleted",
             FileFault::Moved => "moved",
             FileFault::Replaced => "replaced",
+            FileFault::CompanionDeleted => "-wal or -shm deleted",
+            FileFault::CompanionReplaced => "-wal or -shm replaced",
         }
+    }
+
+    /// `true` when the main file at the path is still the one the pool has
+    /// open and only a companion changed.
+    pub(crate) fn is_companion(self) -> bool {
+        matches!(
+            self,
+            FileFault::CompanionDeleted | FileFault::CompanionReplaced
+        )
     }
 }
 
@@ -46,10 +64,26 @@ impl fmt::Display for FileFault {
     }
 }
 
-/// The database file a generation opened, identified by device and inode.
+/// The database file a generation opened, identified by device and inode,
+/// with the `-wal` and `-shm` files it had open.
+///
+/// Every method here makes filesystem calls that can block on a hung mount:
+/// callers run them through [`crate::blocking::run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DbFile {
+    /// The path as configured, made absolute when the pool was opened: what a
+    /// reopen opens (a later `chdir` does not move it), and what a repointed
+    /// symlink changes.
+    configured: PathBuf,
+    /// The file SQLite opened, symlinks resolved (`pragma_database_list`).
     path: PathBuf,
+    id: FileId,
+    companions: Vec<Companion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Companion {
+    suffix: &'static str,
     id: FileId,
 }
 
@@ -59,32 +93,108 @@ struct FileId {
     ino: u64,
 }
 
+/// The companions SQLite keeps open for the life of a connection in WAL
+/// mode. (A `-journal` exists only during a write transaction.)
+const COMPANIONS: [&str; 2] = ["-wal", "-shm"];
+
 impl DbFile {
-    /// Records the identity of the file now at `path`.
-    pub(crate) fn at(path: PathBuf) -> io::Result<Self> {
+    /// Records the identity of the file now at `path` (as SQLite reports it)
+    /// and of the companions next to it, reached through `configured`.
+    pub(crate) fn record(configured: PathBuf, path: PathBuf) -> io::Result<Self> {
         let id = file_id(&std::fs::metadata(&path)?);
-        Ok(DbFile { path, id })
+        let companions = COMPANIONS
+            .iter()
+            .filter_map(|&suffix| {
+                let meta = std::fs::metadata(companion(&path, suffix)).ok()?;
+                Some(Companion {
+                    suffix,
+                    id: file_id(&meta),
+                })
+            })
+            .collect();
+        Ok(DbFile {
+            configured,
+            path,
+            id,
+            companions,
+        })
     }
 
+    /// The file SQLite opened.
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Compares the recorded identity with the path's current one.
+    /// The path as configured, absolute.
+    pub(crate) fn configured(&self) -> &Path {
+        &self.configured
+    }
+
+    /// Compares the recorded identities with what the paths lead to now.
     ///
     /// An error other than "not found" (a permission change, say) is not a
     /// finding: the file may well still be there, and a false alarm would
     /// reopen a healthy pool.
     pub(crate) fn check(&self) -> Result<(), FileFault> {
         match std::fs::metadata(&self.path) {
-            Ok(meta) if file_id(&meta) == self.id => Ok(()),
-            Ok(_) => Err(FileFault::Replaced),
-            Err(err) if is_gone(&err) => Err(self.gone_fault()),
+            Ok(meta) if file_id(&meta) == self.id => {}
+            Ok(_) => return Err(FileFault::Replaced),
+            Err(err) if is_gone(&err) => return Err(self.gone_fault()),
             Err(err) => {
                 tracing::debug!(path = %self.path.display(), error = %err, "database file identity could not be read");
-                Ok(())
+                return Ok(());
             }
         }
+        // A symlink at the configured path is followed: a repoint (blue/green)
+        // leads it to another file although the resolved path is unchanged.
+        if self.configured != self.path {
+            match std::fs::metadata(&self.configured) {
+                Ok(meta) if file_id(&meta) == self.id => {}
+                Ok(_) => return Err(FileFault::Replaced),
+                Err(err) if is_gone(&err) => return Err(FileFault::Moved),
+                Err(_) => {}
+            }
+        }
+        for recorded in &self.companions {
+            match std::fs::metadata(companion(&self.path, recorded.suffix)) {
+                Ok(meta) if file_id(&meta) == recorded.id => {}
+                Ok(_) => return Err(FileFault::CompanionReplaced),
+                Err(err) if is_gone(&err) => return Err(FileFault::CompanionDeleted),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// After the main file at the path was replaced: renames the `-wal` and
+    /// `-shm` that still belong to the old file aside
+    /// (`<name>.stale-<stamp>-<random>`), so that no connection ever opens the
+    /// new file with the old file's write-ahead log and replays it. Never
+    /// deletes anything. Returns the new names.
+    pub(crate) fn move_aside_stale_companions(&self) -> io::Result<Vec<PathBuf>> {
+        match std::fs::metadata(&self.path) {
+            // The main file is still ours: its companions are too.
+            Ok(meta) if file_id(&meta) == self.id => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(err) if is_gone(&err) => {}
+            Err(err) => return Err(err),
+        }
+        let mut moved = Vec::new();
+        for recorded in &self.companions {
+            let at = companion(&self.path, recorded.suffix);
+            let Ok(meta) = std::fs::metadata(&at) else {
+                continue;
+            };
+            if file_id(&meta) != recorded.id {
+                continue;
+            }
+            let mut name = at.as_os_str().to_owned();
+            name.push(format!(".stale-{}", crate::rescue::unique_suffix()));
+            let aside = PathBuf::from(name);
+            std::fs::rename(&at, &aside)?;
+            moved.push(aside);
+        }
+        Ok(moved)
     }
 
     /// Tells a deletion from a move by the link count of the file this
@@ -107,6 +217,13 @@ impl DbFile {
         }
         FileFault::Deleted
     }
+}
+
+/// `<path><suffix>`: where SQLite keeps a companion file.
+pub(crate) fn companion(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn is_gone(err: &io::Error) -> bool {
@@ -152,7 +269,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("a.db");
         std::fs::write(&path, b"x")?;
-        let file = DbFile::at(path.clone())?;
+        let file = DbFile::record(path.clone(), path.clone())?;
         assert_eq!(file.check(), Ok(()));
 
         // Keep the file open so its inode outlives the unlink, as SQLite does.

@@ -79,7 +79,9 @@ impl TestDb {
         std::fs::rename(&self.dir, self.root.path().join("data.moved"))
     }
 
-    /// Puts a different, valid database at the path (as a restore would).
+    /// Puts a different, valid database of the same application at the path,
+    /// as an operator's restore does: written beside it, then renamed over
+    /// it, leaving whatever `-wal`/`-shm` sit next to the path in place.
     pub async fn replace_file(&self) -> TestResult {
         let other = self.root.path().join("other.db");
         let pool = SqlitePool::connect_with(
@@ -92,12 +94,6 @@ impl TestDb {
         create_table(&pool).await?;
         pool.close().await;
         std::fs::rename(&other, &self.path)?;
-        for suffix in ["-wal", "-shm"] {
-            let companion = companion(&self.path, suffix);
-            if companion.exists() {
-                std::fs::remove_file(companion)?;
-            }
-        }
         Ok(())
     }
 }

@@ -1,0 +1,293 @@
+//! [`LivePoolBuilder`]: how a [`LivePool`] is opened, reopened and given up.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+use super::generation::{Generation, configured_path};
+use super::{GaveUp, GiveUpFn, LivePool, ReopenFn};
+use crate::rescue::RescueConfig;
+
+/// Builds a [`LivePool`]; see [`LivePool::builder`] and [`LivePool::builder_with_pool`].
+#[must_use]
+pub struct LivePoolBuilder {
+    source: Source,
+    config: Config,
+}
+
+enum Source {
+    Options {
+        connect: Box<SqliteConnectOptions>,
+        pool: Box<SqlitePoolOptions>,
+    },
+    Pool {
+        pool: SqlitePool,
+        reopen: ReopenFn,
+    },
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) recurrence_window: Duration,
+    pub(crate) max_heals: usize,
+    pub(crate) heal_window: Duration,
+    pub(crate) exit_code: i32,
+    /// `None`: exit the process (after the shutdown grace).
+    pub(crate) on_give_up: Option<GiveUpFn>,
+    pub(crate) reopen_timeout: Duration,
+    pub(crate) reopen_creates: bool,
+    pub(crate) close_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) watchdog_interval: Option<Duration>,
+    #[cfg(feature = "fs-watch")]
+    pub(crate) fs_watch: bool,
+    pub(crate) rescue: RescueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            recurrence_window: Duration::from_secs(30),
+            max_heals: 3,
+            heal_window: Duration::from_secs(600),
+            exit_code: 1,
+            on_give_up: None,
+            reopen_timeout: Duration::from_secs(10),
+            reopen_creates: false,
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::ZERO,
+            watchdog_interval: Some(Duration::from_secs(1)),
+            #[cfg(feature = "fs-watch")]
+            fs_watch: true,
+            rescue: RescueConfig::default(),
+        }
+    }
+}
+
+impl LivePoolBuilder {
+    /// Pool options for the initial pool and for every default reopen.
+    ///
+    /// Only used with [`LivePool::builder`]: with
+    /// [`LivePool::builder_with_pool`] your reopen builds the pool.
+    pub fn pool_options(mut self, options: SqlitePoolOptions) -> Self {
+        if let Source::Options { pool, .. } = &mut self.source {
+            **pool = options;
+        }
+        self
+    }
+
+    /// A fatal error on a generation younger than this gives up instead of
+    /// reopening again. Default: 30 s.
+    pub fn recurrence_window(mut self, window: Duration) -> Self {
+        self.config.recurrence_window = window;
+        self
+    }
+
+    /// At most `heals` reopens within `within`; the next fatal error gives up.
+    /// Default: 3 within 10 minutes.
+    pub fn max_heals(mut self, heals: usize, within: Duration) -> Self {
+        self.config.max_heals = heals;
+        self.config.heal_window = within;
+        self
+    }
+
+    /// The exit code used when the policy gives up. Default: 1, so that
+    /// `Restart=on-failure` and Kubernetes restart the process.
+    pub fn exit_code(mut self, code: i32) -> Self {
+        self.config.exit_code = code;
+        self
+    }
+
+    /// Replaces the exit action (default: `std::process::exit(exit_code)`).
+    ///
+    /// Use it to start a graceful shutdown, or in tests. It runs once, on
+    /// the task that gave up, after the give-up has been logged and
+    /// published to every waiter.
+    pub fn on_give_up<F>(mut self, action: F) -> Self
+    where
+        F: Fn(&GaveUp) + Send + Sync + 'static,
+    {
+        self.config.on_give_up = Some(Arc::new(action));
+        self
+    }
+
+    /// How long the default exit action waits after a give-up before it
+    /// exits, so a graceful shutdown driven by [`LivePool::given_up`] can
+    /// drain the requests in flight. Default: 0 (exit at once).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How long a reopen (connect and verification) may take. Default: 10 s.
+    pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
+        self.config.reopen_timeout = timeout;
+        self
+    }
+
+    /// Let a reopen create the database file when none is at the path.
+    /// Default: off.
+    ///
+    /// Off, a reopen only reattaches the database that was open: a file
+    /// deleted or moved under the process makes the policy rescue and exit
+    /// instead of healing onto a new, empty database that would answer
+    /// every request with "no such table" behind a green `/health`. Turn it
+    /// on only if your reopen (see [`LivePool::builder_with_pool`]) builds
+    /// the whole schema: the reopened database must still have every table,
+    /// the `user_version` and the `application_id` of the one it replaces,
+    /// or the policy gives up.
+    pub fn reopen_creates(mut self, on: bool) -> Self {
+        self.config.reopen_creates = on;
+        self
+    }
+
+    /// After a heal, how long the replaced pool's connections still checked
+    /// out are waited for before a warning is logged (they are waited for
+    /// in the background for as long as they stay out). Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Before a rescue, how long writes already in flight on the dead pool
+    /// may take to finish (the pool refuses new ones at once), and how long
+    /// the heal waits to seal the dead generation before it goes on and
+    /// seals it in the background. Default: 1 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// How often the watchdog compares the database file's identity with the
+    /// path; `None` turns the watchdog off. Default: every second.
+    pub fn watchdog_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.watchdog_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Also watch the database's directory for unlinks and renames, so the
+    /// watchdog reacts at once instead of at its next poll. Default: on.
+    #[cfg(feature = "fs-watch")]
+    pub fn fs_watch(mut self, on: bool) -> Self {
+        self.config.fs_watch = on;
+        self
+    }
+
+    /// Whether to rescue the old handle's data with `VACUUM INTO` when the
+    /// database file was deleted, moved or replaced. Default: on.
+    pub fn rescue(mut self, on: bool) -> Self {
+        self.config.rescue.enabled = on;
+        self
+    }
+
+    /// The directory tried first for rescue files. Default: none; rescue
+    /// files go next to the database file, or, when its directory is gone,
+    /// into the nearest existing ancestor (both are always tried after this
+    /// one).
+    pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.rescue.dir = Some(dir.into());
+        self
+    }
+
+    /// How long a rescue may take. Default: 30 s.
+    pub fn rescue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.rescue.timeout = timeout;
+        self
+    }
+
+    /// Opens (or adopts) the pool, verifies it and starts the watchdog.
+    ///
+    /// Must be called within a Tokio runtime. Fails with
+    /// [`sqlx::Error::Configuration`] for `locking_mode(Exclusive)`.
+    pub async fn open(self) -> Result<LivePool, sqlx::Error> {
+        let creates = self.config.reopen_creates;
+        let (pool, configured, reopen) = match self.source {
+            Source::Options { connect, pool } => {
+                let configured = configured_path(&connect);
+                let first = pool.as_ref().clone().connect_with(*connect.clone()).await?;
+                // A reopen reattaches the file that was opened: by its absolute
+                // path (a later chdir must not move it) and, unless allowed,
+                // without creating it.
+                let mut reopen_options = connect.as_ref().clone().create_if_missing(creates);
+                if let Some(path) = &configured {
+                    reopen_options = reopen_options.filename(path);
+                }
+                let reopen: ReopenFn = Arc::new(move || {
+                    let (pool, connect) = (pool.as_ref().clone(), reopen_options.clone());
+                    Box::pin(async move { pool.connect_with(connect).await })
+                });
+                (first, configured, reopen)
+            }
+            Source::Pool { pool, reopen } => {
+                let configured = configured_path(&pool.connect_options());
+                (pool, configured, reopen)
+            }
+        };
+        let first = Generation::open(pool, 0, configured, None).await?;
+        Ok(LivePool::start(first, reopen, self.config))
+    }
+}
+
+impl LivePool {
+    /// Starts building a `LivePool` that connects with `options` and reopens
+    /// with the same options.
+    pub fn builder(options: SqliteConnectOptions) -> LivePoolBuilder {
+        LivePoolBuilder {
+            source: Source::Options {
+                connect: Box::new(options),
+                pool: Box::new(SqlitePoolOptions::new()),
+            },
+            config: Config::default(),
+        }
+    }
+
+    /// Starts building a `LivePool` around a pool you opened, with your own
+    /// reopen (to run migrations on the new file, for example).
+    ///
+    /// ```no_run
+    /// use sqlx::SqlitePool;
+    /// use sqlx::sqlite::SqliteConnectOptions;
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// async fn open(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    ///     let pool = SqlitePool::connect_with(options).await?;
+    ///     sqlx::query("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+    ///         .execute(&pool)
+    ///         .await?;
+    ///     Ok(pool)
+    /// }
+    ///
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let options = SqliteConnectOptions::new().filename("app.db").create_if_missing(true);
+    /// let pool = open(options.clone()).await?;
+    /// let live = LivePool::builder_with_pool(pool, move || open(options.clone()))
+    ///     .open()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_with_pool<F, Fut>(pool: SqlitePool, reopen: F) -> LivePoolBuilder
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<SqlitePool, sqlx::Error>> + Send + 'static,
+    {
+        LivePoolBuilder {
+            source: Source::Pool {
+                pool,
+                reopen: Arc::new(move || Box::pin(reopen())),
+            },
+            config: Config::default(),
+        }
+    }
+
+    /// Connects with `options` and the default policy.
+    pub async fn connect(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+        Self::builder(options).open().await
+    }
+}
