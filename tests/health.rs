@@ -171,7 +171,8 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
 async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     // No watchdog: nothing but the health probe looks at the file.
-    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    // Allowed to create the file, the reopen is tried, and fails: the directory is gone.
+    let (live, reopens, mut exits) = open_live(&db, |b| b.reopen_creates(true)).await?;
     let health = HealthService::new(live.clone());
     let server = serve(
         app(health.clone())
@@ -247,7 +248,7 @@ async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestRes
 #[tokio::test]
 async fn a_heal_in_flight_answers_warn_then_pass() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (live, gate, mut exits) = open_gated(&db, |b| b).await?;
+    let (live, gate, mut exits) = open_gated(&db, |b| b.reopen_creates(true)).await?;
     let server = serve(app(HealthService::new(live.clone()))).await?;
     warm(&live.pool()).await?;
 

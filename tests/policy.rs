@@ -11,6 +11,10 @@ use tower_db_liveness::{ErrorClass, GiveUpReason, LivePool, Outcome, classify};
 
 /// Unlinks the file under a DELETE-journal pool whose connections are all
 /// open on it, and returns the 1032 a write on an old connection gets.
+///
+/// A reopen never creates a database unless allowed: the tests that need a
+/// heal after an unlink open with `reopen_creates(true)` and a reopen that
+/// builds the schema (see `common::counting_reopen`).
 async fn unlink_and_fail_write(
     db: &TestDb,
     live: &LivePool,
@@ -21,7 +25,7 @@ async fn unlink_and_fail_write(
 #[tokio::test]
 async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b.reopen_creates(true)).await?;
     insert(&live.pool(), "before").await?;
     warm(&live.pool()).await?;
 
@@ -48,7 +52,9 @@ async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
 #[tokio::test]
 async fn gives_up_when_the_reopen_fails() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let (live, reopens, mut exits) = open_live(&db, |b| b.exit_code(3)).await?;
+    // Even a reopen allowed to create the file fails: its directory is gone.
+    let (live, reopens, mut exits) =
+        open_live(&db, |b| b.reopen_creates(true).exit_code(3)).await?;
     let err = fail_write_after(&live.pool(), || db.rm_rf_dir()).await?;
 
     let outcome = live.report_at(0, &err).await;
@@ -77,7 +83,7 @@ async fn gives_up_when_the_reopen_fails() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_reports_make_one_reopen() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let (live, reopens, _exits) = open_live(&db, |b| b).await?;
+    let (live, reopens, _exits) = open_live(&db, |b| b.reopen_creates(true)).await?;
     let err = std::sync::Arc::new(unlink_and_fail_write(&db, &live).await?);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -111,7 +117,7 @@ async fn a_thousand_concurrent_reports_make_one_reopen() -> TestResult {
 #[tokio::test]
 async fn a_report_from_a_replaced_pool_is_stale() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let (live, reopens, _exits) = open_live(&db, |b| b).await?;
+    let (live, reopens, _exits) = open_live(&db, |b| b.reopen_creates(true)).await?;
     let err = unlink_and_fail_write(&db, &live).await?;
     assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
 
@@ -134,8 +140,11 @@ async fn a_report_from_a_replaced_pool_is_stale() -> TestResult {
 #[tokio::test]
 async fn a_fault_recurring_on_the_fresh_pool_gives_up() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let (live, reopens, mut exits) =
-        open_live(&db, |b| b.recurrence_window(Duration::from_secs(3600))).await?;
+    let (live, reopens, mut exits) = open_live(&db, |b| {
+        b.reopen_creates(true)
+            .recurrence_window(Duration::from_secs(3600))
+    })
+    .await?;
     let err = unlink_and_fail_write(&db, &live).await?;
     assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
 
@@ -159,7 +168,8 @@ async fn a_fault_recurring_on_the_fresh_pool_gives_up() -> TestResult {
 async fn heals_are_budgeted() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let (live, reopens, mut exits) = open_live(&db, |b| {
-        b.recurrence_window(Duration::ZERO)
+        b.reopen_creates(true)
+            .recurrence_window(Duration::ZERO)
             .max_heals(2, Duration::from_secs(3600))
     })
     .await?;
@@ -218,24 +228,44 @@ async fn transient_errors_never_reopen() -> TestResult {
     Ok(())
 }
 
+/// The default reopen opens the file that was open with the same options
+/// (journal mode, busy timeout, pragmas), only never creating it: shown on
+/// the pool it swaps in after a restore replaced the file.
 #[tokio::test]
 async fn the_default_reopen_uses_the_same_options() -> TestResult {
-    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let options = db
+        .options()
+        .busy_timeout(Duration::from_millis(1234))
+        .foreign_keys(false);
     let (builder, _exits) = common::Exits::install(
-        LivePool::builder(db.options())
+        LivePool::builder(options)
             .pool_options(TestDb::pool_options())
             .watchdog_interval(None),
     );
     let live = builder.open().await?;
     common::create_table(&live.pool()).await?;
-    let err = unlink_and_fail_write(&db, &live).await?;
-    let outcome = live.lease().report(&err).await;
-    assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
-    // The default reopen created an empty file at the path (create_if_missing).
-    assert!(db.path.exists());
-    common::create_table(&live.pool()).await?;
-    insert(&live.pool(), "on the new file").await?;
-    assert_eq!(common::count_in_file(&db.path).await?, 1);
+    warm(&live.pool()).await?;
+    db.replace_file().await?; // a DELETE-journal file of the same schema
+    let outcome = live.check_file().await;
+    assert!(matches!(outcome, Some(Outcome::Healed(_))), "{outcome:?}");
+
+    let mut conn = live.pool().acquire().await?;
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await?;
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await?;
+    assert_eq!(
+        journal, "wal",
+        "the restored DELETE file was reopened in WAL mode"
+    );
+    assert_eq!(busy, 1234);
+    assert_eq!(foreign_keys, 0);
     Ok(())
 }
 

@@ -47,7 +47,7 @@
 //!
 //! The bridge follows [`LivePool::subscribe`](crate::LivePool::subscribe),
 //! which sees every finding of the layer, the file watchdog and
-//! [`LivePool::report`](crate::LivePool::report). It also runs the
+//! [`Lease::report`](crate::Lease::report). It also runs the
 //! [`HealthService`] probe itself every
 //! [`probe_interval`](GrpcHealthBridge::probe_interval) (sharing the single
 //! flight with the HTTP endpoint), because the watchdog only compares file

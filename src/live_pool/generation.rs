@@ -111,6 +111,21 @@ impl Generation {
         }
     }
 
+    /// The schema the generation has now, read through the sentinel (which
+    /// still reaches a dead file); what was recorded at open otherwise.
+    /// Read at heal time, because an application usually creates its tables
+    /// after the pool is open.
+    pub(crate) async fn schema_now(&self) -> Schema {
+        let mut sentinel = self.sentinel.lock().await;
+        match sentinel.as_mut() {
+            Some(conn) => Schema::read(conn).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "the dead database's schema could not be read; using the one recorded at open");
+                self.schema.clone()
+            }),
+            None => self.schema.clone(),
+        }
+    }
+
     async fn verify(
         pool: &SqlitePool,
         configured: Option<PathBuf>,

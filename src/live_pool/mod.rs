@@ -36,9 +36,9 @@ pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>
 ///
 /// Handlers call [`pool`](LivePool::pool) on every request instead of holding a
 /// `SqlitePool` of their own, so a pool reopened by the policy reaches every
-/// handler on its next request. Errors are fed back with
-/// [`report`](LivePool::report) (the tower layer does this
-/// for you).
+/// handler on its next request. Errors are fed back through a [`Lease`]
+/// taken before the work (the tower layer does this for you), so they are
+/// tagged with the generation that produced them.
 ///
 /// ```no_run
 /// use sqlx::sqlite::SqliteConnectOptions;

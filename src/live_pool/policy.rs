@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::builder::Config;
-use super::generation::{FS_BOUND, Generation};
+use super::generation::{FS_BOUND, Generation, Schema};
 use super::{
     BoxFuture, Fault, GaveUp, GiveUpHook, GiveUpReason, Healed, Outcome, PoolStatus, ReopenFn,
 };
@@ -373,7 +373,8 @@ impl Inner {
         if let Some(reason) = self.budget_exceeded(old) {
             return (Err(reason), rescue);
         }
-        (self.reopen(old).await, rescue)
+        let schema = old.schema_now().await;
+        (self.reopen(old, &schema).await, rescue)
     }
 
     /// A restored file must never be opened with the write-ahead log of the
@@ -462,7 +463,7 @@ impl Inner {
     /// Reattaches the database that was open: never creates one (unless
     /// allowed), and verifies that the new pool opened the same path and
     /// the same application's schema.
-    async fn reopen(&self, old: &Generation) -> Result<Generation, GiveUpReason> {
+    async fn reopen(&self, old: &Generation, schema: &Schema) -> Result<Generation, GiveUpReason> {
         let configured = old.file.as_ref().map(|f| f.configured().to_path_buf());
         let attempt = async {
             let expected = match &configured {
@@ -495,7 +496,7 @@ impl Inner {
                 discard(new);
                 return Err(GiveUpReason::VerifyFailed(why));
             }
-            if let Err(why) = new.schema.reattaches(&old.schema) {
+            if let Err(why) = new.schema.reattaches(schema) {
                 discard(new);
                 return Err(GiveUpReason::VerifyFailed(format!(
                     "the reopened database is not the one that was open ({why})"
@@ -521,12 +522,14 @@ impl Inner {
         let found = blocking::run(FS_BOUND, move || match std::fs::canonicalize(&path) {
             Ok(resolved) => Ok(resolved),
             Err(err) if creates && err.kind() == std::io::ErrorKind::NotFound => {
-                // Created by the reopen: resolve the directory instead.
-                let dir = path.parent().map(std::fs::canonicalize).transpose()?;
-                Ok(match (dir, path.file_name()) {
-                    (Some(dir), Some(name)) => dir.join(name),
-                    _ => path,
-                })
+                // To be created by the reopen: where it will be, if its
+                // directory exists (if not, the reopen fails on its own).
+                Ok(
+                    match (path.parent().map(std::fs::canonicalize), path.file_name()) {
+                        (Some(Ok(dir)), Some(name)) => dir.join(name),
+                        _ => path,
+                    },
+                )
             }
             Err(err) => Err(err),
         })
