@@ -30,8 +30,11 @@
 //! Each answer comes from a probe of the database that is in service now:
 //!
 //! 1. the database file's identity (device and inode) is compared with what
-//!    its path leads to, off the async runtime: a WAL pool whose directory was
-//!    deleted reports no error at all, so no query can tell;
+//!    its path leads to: a WAL pool whose directory was deleted reports no
+//!    error at all, so no query can tell. The `stat` runs off the async
+//!    runtime, on the crate's two filesystem threads, and is given up after
+//!    half the timeout: on a hung network or FUSE mount it never returns,
+//!    and however long the mount stays hung no more threads are stuck on it;
 //! 2. a query reads page 1 (the schema table) through the current pool:
 //!    `SELECT 1` succeeds on a dead handle.
 //!
@@ -53,8 +56,13 @@
 //! | status | when | HTTP |
 //! |---|---|---|
 //! | `pass` | the file is in place and the read succeeded | 200 |
-//! | `warn` | a heal is in flight; or a transient failure: a lock held elsewhere (SQLite BUSY), an exhausted pool, no answer within the timeout | 200 |
-//! | `fail` | the probe found the database dead (file deleted, moved or replaced; a fatal error from the read; any other error from reading the schema); or the policy gave up | 503 |
+//! | `warn` | a heal is in flight; or a transient failure: a lock held elsewhere (SQLite BUSY), an exhausted pool, no answer within the timeout; or the file identity check did not answer within half the timeout (a hung mount), for the first two probes in a row | 200 |
+//! | `fail` | the probe found the database dead (file deleted, moved or replaced; a fatal error from the read; any other error from reading the schema); or the file identity check did not answer for the third probe in a row and every one after; or the policy gave up | 503 |
+//!
+//! A hung file identity check is not reported to the policy: a hung mount
+//! is not a proven dead file, and a reopen would hang on it too. The `fail`
+//! lets the supervisor restart the process; the first answer whose check
+//! completes resets the count.
 //!
 //! The request that discovers a dead database answers `fail` even though its
 //! report starts a heal: the database it probed is dead. Requests that
@@ -157,6 +165,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -171,6 +180,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tower_service::Service;
 
+use crate::blocking::{self, Stuck};
 use crate::classify::{ErrorClass, classify, result_code};
 use crate::live_pool::{Fault, GiveUpReason, LivePool, PoolStatus, WeakLivePool, read_page};
 
@@ -186,6 +196,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 /// out, so that later requests join it instead of queueing more queries
 /// behind a lock.
 const FLIGHT_LIMIT: Duration = Duration::from_secs(10);
+/// Consecutive probes whose file identity check was stuck (a hung mount)
+/// before the answer is `fail`; the ones before it are `warn`.
+const STUCK_PROBES: u32 = 3;
 
 /// A tower service that answers health checks from a probe of the database.
 ///
@@ -263,7 +276,9 @@ impl HealthService {
             return self.report(status, None, now_utc(), Some(detail));
         }
         let limit = self.config.timeout.max(FLIGHT_LIMIT);
-        let flight = self.flight.join_or_start(&self.live, limit);
+        // Half the answer's timeout: a stuck check still leaves time to answer.
+        let check_bound = self.config.timeout / 2;
+        let flight = self.flight.join_or_start(&self.live, limit, check_bound);
         let mut done = flight.done.clone();
         let waited = tokio::time::timeout(self.config.timeout, async move {
             done.wait_for(Option::is_some)
@@ -664,6 +679,8 @@ struct Probed {
 #[derive(Default)]
 struct Flight {
     slot: Mutex<Option<InFlight>>,
+    /// Probes in a row whose file identity check was stuck.
+    stuck: Arc<AtomicU32>,
 }
 
 #[derive(Clone)]
@@ -673,7 +690,7 @@ struct InFlight {
 }
 
 impl Flight {
-    fn join_or_start(&self, live: &LivePool, limit: Duration) -> InFlight {
+    fn join_or_start(&self, live: &LivePool, limit: Duration, check_bound: Duration) -> InFlight {
         // Nothing under this lock can panic half-way through an update.
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = slot.as_ref()
@@ -691,17 +708,20 @@ impl Flight {
         *slot = Some(flight.clone());
         drop(slot);
         let live = live.clone();
+        let stuck = Arc::clone(&self.stuck);
         // On its own task: the answer arrives even when every request that
         // waited for it has gone.
         tokio::spawn(async move {
             let started = Instant::now();
             let generation = live.generation();
-            let (generation, finding) = tokio::time::timeout(limit, probe(&live))
-                .await
-                .unwrap_or_else(|_| {
-                    let text = format!("the probe did not finish within {} ms", limit.as_millis());
-                    (generation, Finding::Transient(Detail::same(text)))
-                });
+            let (generation, finding) =
+                tokio::time::timeout(limit, probe(&live, check_bound, &stuck))
+                    .await
+                    .unwrap_or_else(|_| {
+                        let text =
+                            format!("the probe did not finish within {} ms", limit.as_millis());
+                        (generation, Finding::Transient(Detail::same(text)))
+                    });
             let _ = tx.send(Some(Probed {
                 generation,
                 finding,
@@ -715,13 +735,25 @@ impl Flight {
 
 /// File identity, then a page read, on the generation in service; a fatal
 /// finding is handed to the policy.
-async fn probe(live: &LivePool) -> (u64, Finding) {
+///
+/// The identity check runs on the crate's filesystem threads and is given
+/// up after `bound`: a stuck check is `warn`, and `fail` from the
+/// [`STUCK_PROBES`]th in a row. `stuck` counts them across probes.
+async fn probe(live: &LivePool, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
     let current = live.current();
     let generation = current.number;
     if let Some(file) = current.file.clone() {
         let path = file.path().to_owned();
         // A stat can block on a dead network filesystem: keep it off the runtime.
-        match tokio::task::spawn_blocking(move || file.check()).await {
+        let checked = blocking::run(bound, move || file.check()).await;
+        let in_a_row = match checked {
+            Err(_) => stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1),
+            Ok(_) => {
+                stuck.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        match checked {
             Ok(Ok(())) => {}
             Ok(Err(fault)) => {
                 // The policy takes the finding now; the answer does not wait
@@ -733,10 +765,20 @@ async fn probe(live: &LivePool) -> (u64, Finding) {
                 };
                 return (generation, Finding::Dead(detail));
             }
-            Err(err) => {
+            // A hung mount is not a dead file: nothing is reported to the
+            // policy, and no page is read (it would only wait longer).
+            Err(Stuck { bound }) => {
+                let safe = format!(
+                    "the file identity check did not answer within {} ms",
+                    bound.as_millis()
+                );
+                let full = format!("{safe}: {}", path.display());
+                if in_a_row < STUCK_PROBES {
+                    return (generation, Finding::Transient(Detail { safe, full }));
+                }
                 let detail = Detail {
-                    safe: "the file identity check did not complete".to_owned(),
-                    full: format!("the file identity check did not complete: {err}"),
+                    safe: format!("{safe} ({in_a_row} probes in a row)"),
+                    full: format!("{full} ({in_a_row} probes in a row)"),
                 };
                 return (generation, Finding::Dead(detail));
             }

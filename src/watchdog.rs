@@ -6,14 +6,30 @@
 //! or rename, and polling stays as the fallback. It holds only a weak
 //! reference and stops as soon as the last [`LivePool`](crate::LivePool)
 //! handle is dropped.
+//!
+//! The `stat` (and, for a vanished file, the scan of `/proc/self/fd`) runs on
+//! the crate's filesystem threads, never on a runtime worker, and the tick
+//! stops waiting after 1 s. A check that did not answer (a hung network or
+//! FUSE mount) is logged, and from the third in a row logged as an error,
+//! but never reopens the pool: a hung mount is not a proven dead file. The
+//! health probe runs its own check, finds it stuck too and reports `fail`.
+//! No strong reference to the pool is held while a check is pending.
 
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
+use crate::blocking;
 use crate::live_pool::{Fault, Inner};
+
+/// How long a tick waits for the file identity check. A `stat` that takes
+/// longer is a hung mount, not a slow disk.
+const CHECK_BOUND: Duration = Duration::from_secs(1);
+/// Stuck checks in a row before the watchdog logs an error.
+const STUCK_CHECKS: u32 = 3;
 
 pub(crate) fn spawn(inner: &Arc<Inner>, stop: oneshot::Receiver<()>) {
     let Some(interval) = inner.config.watchdog_interval else {
@@ -35,23 +51,75 @@ async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut events = DirEvents::new(fs_watch);
+    // Checks in a row that did not answer within CHECK_BOUND.
+    let mut stuck: u32 = 0;
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ticker.tick() => {}
             _ = events.changed() => {}
         }
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.gave_up() {
-            return;
-        }
-        let current = inner.current();
-        events.watch(current.file.as_ref().map(|f| f.path()));
-        let Some(fault) = current.file.as_ref().and_then(|f| f.check().err()) else {
-            continue;
+        // No strong reference is held while a check may hang: the pool
+        // must be free to drop meanwhile.
+        let (number, file) = {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.gave_up() {
+                return;
+            }
+            let current = inner.current();
+            (current.number, current.file.clone())
         };
-        tracing::error!(generation = current.number, %fault, "watchdog: the database file is not the one the pool has open");
-        inner.fatal(current.number, Fault::File(fault)).await;
+        let dir = file
+            .as_ref()
+            .and_then(|f| f.path().parent())
+            .map(Path::to_path_buf);
+        tokio::select! {
+            _ = &mut stop => return,
+            () = events.watch(dir) => {}
+        }
+        let Some(file) = file else { continue };
+        let checked = tokio::select! {
+            _ = &mut stop => return,
+            checked = blocking::run(CHECK_BOUND, move || file.check()) => checked,
+        };
+        let fault = match checked {
+            Ok(Ok(())) => {
+                if stuck >= STUCK_CHECKS {
+                    tracing::info!(
+                        generation = number,
+                        "watchdog: the database file's identity check answers again"
+                    );
+                }
+                stuck = 0;
+                continue;
+            }
+            Ok(Err(fault)) => {
+                stuck = 0;
+                fault
+            }
+            // A hung mount is not a proven dead file: no reopen. The health
+            // probe's own check is stuck too and reports it.
+            Err(err) => {
+                stuck = stuck.saturating_add(1);
+                match stuck.cmp(&STUCK_CHECKS) {
+                    std::cmp::Ordering::Less => {
+                        tracing::warn!(generation = number, error = %err, "watchdog: the database file's identity check is stuck (a hung mount?)")
+                    }
+                    std::cmp::Ordering::Equal => {
+                        tracing::error!(generation = number, error = %err, checks = stuck, "watchdog: the database file's identity check stays stuck; not reopening, /health reports it")
+                    }
+                    std::cmp::Ordering::Greater => tracing::debug!(
+                        generation = number,
+                        checks = stuck,
+                        "watchdog: the database file's identity check is still stuck"
+                    ),
+                }
+                continue;
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        tracing::error!(generation = number, %fault, "watchdog: the database file is not the one the pool has open");
+        inner.fatal(number, Fault::File(fault)).await;
     }
 }
 
@@ -60,12 +128,14 @@ use fs_events::DirEvents;
 
 #[cfg(feature = "fs-watch")]
 mod fs_events {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     use notify::event::{EventKind, ModifyKind};
     use notify::{RecommendedWatcher, RecursiveMode, Watcher};
     use tokio::sync::Notify;
+
+    use crate::blocking;
 
     /// A filesystem watch on the database's directory that wakes the
     /// watchdog on removals and renames (never on ordinary writes).
@@ -92,35 +162,45 @@ mod fs_events {
             }
         }
 
-        /// (Re)arms the watch on `db`'s directory when it changed.
-        pub(super) fn watch(&mut self, db: Option<&Path>) {
-            let dir = db.and_then(Path::parent);
-            if !self.enabled || self.watching.as_ref().map(|(d, _)| d.as_path()) == dir {
+        /// (Re)arms the watch on `dir` when it changed. Adding a watch
+        /// resolves the path, which can hang like a `stat`: it runs on the
+        /// filesystem threads, with a bound.
+        pub(super) async fn watch(&mut self, dir: Option<PathBuf>) {
+            if !self.enabled || self.watching.as_ref().map(|(d, _)| d) == dir.as_ref() {
                 return;
             }
             self.watching = None;
             let Some(dir) = dir else { return };
             let wake = Arc::clone(&self.wake);
-            let watcher =
-                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                    let relevant = match event {
-                        Ok(event) => matches!(
-                            event.kind,
-                            EventKind::Remove(_)
-                                | EventKind::Modify(ModifyKind::Name(_))
-                                | EventKind::Create(_)
-                        ),
-                        // A broken watch: let the poll look right away.
-                        Err(_) => true,
-                    };
-                    if relevant {
-                        wake.notify_one();
-                    }
-                });
-            match watcher.and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w)) {
-                Ok(watcher) => self.watching = Some((dir.to_path_buf(), watcher)),
-                Err(err) => {
+            let watched = dir.clone();
+            let armed = blocking::run(super::CHECK_BOUND, move || {
+                let watcher =
+                    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                        let relevant = match event {
+                            Ok(event) => matches!(
+                                event.kind,
+                                EventKind::Remove(_)
+                                    | EventKind::Modify(ModifyKind::Name(_))
+                                    | EventKind::Create(_)
+                            ),
+                            // A broken watch: let the poll look right away.
+                            Err(_) => true,
+                        };
+                        if relevant {
+                            wake.notify_one();
+                        }
+                    });
+                watcher.and_then(|mut w| w.watch(&watched, RecursiveMode::NonRecursive).map(|()| w))
+            })
+            .await;
+            match armed {
+                Ok(Ok(watcher)) => self.watching = Some((dir, watcher)),
+                Ok(Err(err)) => {
                     tracing::warn!(dir = %dir.display(), error = %err, "filesystem watch unavailable; polling only")
+                }
+                // Tried again on the next tick.
+                Err(err) => {
+                    tracing::warn!(dir = %dir.display(), error = %err, "filesystem watch could not be set up; polling only")
                 }
             }
         }
@@ -140,5 +220,5 @@ impl DirEvents {
         std::future::pending().await
     }
 
-    fn watch(&mut self, _db: Option<&std::path::Path>) {}
+    async fn watch(&mut self, _dir: Option<std::path::PathBuf>) {}
 }
