@@ -7,7 +7,7 @@
 //!
 //! - [`classify`] sorts a `sqlx::Error` into [`ErrorClass::Fatal`] (dead handle,
 //!   corruption, moved or deleted file), [`ErrorClass::Transient`] (locks,
-//!   a full disk, an exhausted pool) or [`ErrorClass::Other`];
+//!   a full disk, an exhausted or closed pool) or [`ErrorClass::Other`];
 //! - [`LivePool`] holds the current `SqlitePool` behind an `ArcSwap`. On a fatal
 //!   error it reopens the pool **once**, verifies it and swaps it in; when
 //!   that fails, or the fault comes back on the fresh pool, it logs and
@@ -172,15 +172,18 @@
 //! # Classification
 //!
 //! Decided on SQLite's numeric extended result code (what sqlx reports as
-//! [`DatabaseError::code`](sqlx::error::DatabaseError::code)); the message
-//! text is read only when an error has no code, because codes 8, 1032 and
-//! 1544 share one message, and so do 5 and 517.
+//! [`DatabaseError::code`](sqlx::error::DatabaseError::code)), and only for
+//! an error that is SQLite's (`sqlx::sqlite::SqliteError`): another driver's
+//! database error (a Postgres SQLSTATE such as `22026`) is
+//! [`Other`](ErrorClass::Other) whatever its code. The message text is never
+//! read: it can carry user input, and codes 8, 1032 and 1544 share one
+//! message, as do 5 and 517.
 //!
 //! | class | SQLite result codes | sqlx variants |
 //! |---|---|---|
 //! | [`Fatal`](ErrorClass::Fatal) | IOERR (10) and its extended codes except 2826 and 3850; CORRUPT (11) family; NOTADB (26); CANTOPEN (14) family; READONLY_DBMOVED (1032) | `WorkerCrashed` |
-//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut` |
-//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes | everything else |
+//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut`; `PoolClosed` (a heal closed the pool the request reached) |
+//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes; any other driver's database error | everything else |
 //!
 //! # What happens to your data
 //!
