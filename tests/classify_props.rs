@@ -130,7 +130,10 @@ proptest! {
     /// Any numeric code a foreign driver reports (a MySQL error number, a
     /// SQLSTATE made of digits) is not a SQLite code.
     #[test]
-    fn a_foreign_numeric_code_is_other(code in any::<i64>(), message in sqlite_like_message()) {
+    fn a_foreign_numeric_code_is_other(
+        code in prop_oneof![0i64..=0xffff, any::<i64>()],
+        message in sqlite_like_message(),
+    ) {
         let err = foreign(Some(code.to_string()), message);
         prop_assert_eq!(classify(&err), ErrorClass::Other, "code {}", code);
     }
