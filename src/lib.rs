@@ -30,7 +30,9 @@
 //! # Quickstart: axum
 //!
 //! Handlers take the pool from the [`LivePool`] on every request and return
-//! [`DbError`] (feature `axum`); the layer does the rest.
+//! [`DbError`] (feature `axum`); the layer does the rest. Write with
+//! `execute`, not `fetch_one` on `INSERT … RETURNING`: sqlx stops after the
+//! returned row and drops a commit that fails afterwards (a full disk).
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -132,11 +134,13 @@
 //!
 //! // In a handler of your service:
 //! async fn add(live: &LivePool, body: &str) -> Result<i64, tonic::Status> {
-//!     sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+//!     // `execute`: `fetch_one` on `INSERT … RETURNING` can drop a failed commit.
+//!     let done = sqlx::query("INSERT INTO notes(body) VALUES (?)")
 //!         .bind(body)
-//!         .fetch_one(&live.pool())
+//!         .execute(&live.pool())
 //!         .await
-//!         .map_err(status_from_sqlx) // UNAVAILABLE or INTERNAL, source kept
+//!         .map_err(status_from_sqlx)?; // UNAVAILABLE or INTERNAL, source kept
+//!     Ok(done.last_insert_rowid())
 //! }
 //!
 //! #[tokio::main]
