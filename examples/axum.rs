@@ -2,27 +2,37 @@
 //!
 //! ```text
 //! cargo run --example axum --features axum -- [--db FILE] [--addr IP:PORT] [--journal wal|delete]
+//!     [--rescue-dir DIR] [--grace-secs N] [--watchdog-ms MS]
 //!
 //!   --db FILE          the database file (default: notes.db in a new temporary directory)
 //!   --addr IP:PORT     where to listen (default: 127.0.0.1:3000)
 //!   --journal MODE     wal or delete (default: wal)
+//!   --rescue-dir DIR   where rescue files go (default: next to the database)
+//!   --grace-secs N     on a give-up, how long requests in flight may take (default: 10)
+//!   --watchdog-ms MS   how often the file's identity is checked; 0 turns it off (default: 1000)
 //! ```
 //!
 //! Routes: `POST /notes` (the text body becomes a note; 201 with `{"id":N}`),
 //! `GET /notes` (200 with `[{"id":N,"body":"..."}]`), `GET /health`
 //! (`HealthService`: 200 `pass`/`warn` or 503 `fail`, `application/health+json`).
 //! It prints `listening on <addr>` once bound. Database errors go through
-//! `DbError`, so the layer sees them; the watchdog and the rescue are on;
-//! when the policy gives up (the database cannot be reopened) the process
-//! exits with status 1 for the supervisor to restart it.
+//! `DbError`, so the layer sees them; the watchdog and the rescue are on.
 //!
-//! Try it: start it with `--journal delete`, add a note, `rm` the database
-//! file, add another: the first write after the `rm` fails with 503 and the
-//! pool is reopened (the watchdog may get there first); the next write
-//! succeeds. Delete the directory instead and the process exits with status 1.
+//! Shutdown is graceful: on SIGTERM or ctrl-c the server stops accepting,
+//! lets the requests in flight finish and exits 0. When the policy gives up
+//! (the database cannot be reopened) it does the same and exits with status
+//! 1 for the supervisor to restart it, at the latest `--grace-secs` after
+//! the give-up.
+//!
+//! Try it: start it with `--journal delete`, add a note, delete the
+//! database's directory, add another: that write fails with 503, the rescue
+//! saves what the old handle sees, the reopen fails and the process exits
+//! with status 1. The reopen never creates a database: a missing file is
+//! not healed onto a new, empty one.
 //!
 //! `tests/layer_axum.rs` serves this `app()` in-process and runs this binary.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,10 +49,11 @@ use tower_db_liveness::{DbError, DbLivenessLayer, HealthService, LivePool};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: axum [--db FILE] [--addr IP:PORT] [--journal wal|delete]";
+const USAGE: &str = "usage: axum [--db FILE] [--addr IP:PORT] [--journal wal|delete] \
+                     [--rescue-dir DIR] [--grace-secs N] [--watchdog-ms MS]";
 
-/// Opens a pool on `options` and creates the table. Used at start and as the
-/// `LivePool`'s reopen: a reopened file may be a new, empty one.
+/// Opens a pool on `options` and creates the table if it is missing. Used at
+/// start and as the `LivePool`'s reopen.
 pub async fn open_pool(options: SqliteConnectOptions) -> sqlx::Result<SqlitePool> {
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
@@ -73,10 +84,14 @@ async fn add_note(State(live): State<LivePool>, body: String) -> Result<Response
         return Ok((StatusCode::BAD_REQUEST, "empty note\n").into_response());
     }
     // Take the pool per request: after a reopen this is the new one.
-    let id: i64 = sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+    // `execute`, not `fetch_one` on `INSERT … RETURNING`: sqlx stops at the
+    // returned row and drops a failed commit (a full disk), so `fetch_one`
+    // can return an id for a row that was never stored.
+    let done = sqlx::query("INSERT INTO notes(body) VALUES (?)")
         .bind(&body)
-        .fetch_one(&live.pool())
+        .execute(&live.pool())
         .await?;
+    let id = done.last_insert_rowid();
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
 }
 
@@ -95,6 +110,9 @@ struct Args {
     db: Option<PathBuf>,
     addr: SocketAddr,
     journal: SqliteJournalMode,
+    rescue_dir: Option<PathBuf>,
+    grace: Duration,
+    watchdog: Option<Duration>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -102,6 +120,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         db: None,
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         journal: SqliteJournalMode::Wal,
+        rescue_dir: None,
+        grace: Duration::from_secs(10),
+        watchdog: Some(Duration::from_secs(1)),
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -120,10 +141,50 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     other => return Err(format!("--journal: `{other}` is not wal or delete")),
                 }
             }
+            "--rescue-dir" => parsed.rescue_dir = Some(PathBuf::from(value()?)),
+            "--grace-secs" => {
+                let text = value()?;
+                let secs = text
+                    .parse()
+                    .map_err(|_| format!("--grace-secs: `{text}` is not a number of seconds"))?;
+                parsed.grace = Duration::from_secs(secs);
+            }
+            "--watchdog-ms" => {
+                let text = value()?;
+                let ms = text
+                    .parse()
+                    .map_err(|_| format!("--watchdog-ms: `{text}` is not a number"))?;
+                parsed.watchdog = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
     Ok(parsed)
+}
+
+/// Resolves on SIGTERM or ctrl-c. The handlers are installed when this is
+/// called, before the server is announced, so an early SIGTERM is not lost.
+pub fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }
 
 #[tokio::main]
@@ -158,17 +219,40 @@ async fn main() -> Result<(), Error> {
         .create_if_missing(true)
         .journal_mode(args.journal);
     let pool = open_pool(options.clone()).await?;
-    // The default exit action ends the process with status 1 on a give-up.
-    let live = LivePool::builder_with_pool(pool, move || open_pool(options.clone()))
-        .watchdog_interval(Some(Duration::from_secs(1)))
+    // A reopen reattaches the database that was open; it never creates one.
+    let reopen = options.create_if_missing(false);
+    let mut builder = LivePool::builder_with_pool(pool, move || open_pool(reopen.clone()))
+        .watchdog_interval(args.watchdog)
         .rescue(true)
-        .open()
-        .await?;
+        // On a give-up the default exit action waits this long (on a thread
+        // of its own) for the graceful shutdown below, then exits with 1.
+        .shutdown_grace(args.grace);
+    if let Some(dir) = args.rescue_dir {
+        builder = builder.rescue_dir(dir);
+    }
+    let live = builder.open().await?;
+
+    let stop = stop_signal()?;
+    let given_up = live.given_up();
+    let shutdown = async move {
+        tokio::select! {
+            _ = given_up => {}
+            _ = stop => {}
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     eprintln!("database: {}", db.display());
-    axum::serve(listener, app(live)).await?;
+    axum::serve(listener, app(live.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+
+    // Every request in flight has had its answer.
+    if let Some(gave_up) = live.gave_up() {
+        std::process::exit(gave_up.exit_code);
+    }
+    live.pool().close().await;
     Ok(())
 }

@@ -126,12 +126,14 @@ async fn open_pool(options: SqliteConnectOptions) -> sqlx::Result<SqlitePool> {
 }
 
 async fn add_note(State(db): State<Db>, body: String) -> Response {
-    let inserted = sqlx::query_scalar::<_, i64>("INSERT INTO notes(body) VALUES (?) RETURNING id")
+    // `execute` reports a failed commit; `fetch_one` on `INSERT … RETURNING`
+    // would drop it (a full disk) and return an id for a row never stored.
+    let inserted = sqlx::query("INSERT INTO notes(body) VALUES (?)")
         .bind(&body)
-        .fetch_one(&db.pool())
+        .execute(&db.pool())
         .await;
     match inserted {
-        Ok(id) => (StatusCode::CREATED, id.to_string()).into_response(),
+        Ok(done) => (StatusCode::CREATED, done.last_insert_rowid().to_string()).into_response(),
         Err(err) => {
             let mut response =
                 (StatusCode::SERVICE_UNAVAILABLE, "database error\n").into_response();

@@ -10,11 +10,17 @@
 //! `sqlx::Error` in the box (`find_errors::<BoxedErrors>()`), and an outer
 //! `map_result` turns errors into responses after the layer has seen them.
 //!
+//! SIGTERM or ctrl-c stops it gracefully (exit 0); when the policy gives up
+//! it stops the same way and exits with status 1 once the requests in
+//! flight are answered.
+//!
 //! `tests/layer_hyper.rs` serves this service in-process.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::string::FromUtf8Error;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -23,6 +29,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -57,10 +64,13 @@ where
                 return Ok(text(StatusCode::BAD_REQUEST, "empty note\n"));
             }
             // `?` boxes the sqlx::Error; the layer finds it in the box.
-            let id: i64 = sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+            // `execute` reports a failed commit; `fetch_one` on `INSERT …
+            // RETURNING` would drop it (a full disk) and return an id.
+            let done = sqlx::query("INSERT INTO notes(body) VALUES (?)")
                 .bind(&body)
-                .fetch_one(&live.pool())
+                .execute(&live.pool())
                 .await?;
+            let id = done.last_insert_rowid();
             Ok(json(StatusCode::CREATED, serde_json::json!({ "id": id })))
         }
         (&Method::GET, "/notes") => {
@@ -146,18 +156,46 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    serve_with_shutdown(listener, service, std::future::pending()).await
+}
+
+/// [`serve`] until `signal` resolves, then stops accepting and waits for
+/// the connections in flight to finish their requests.
+pub async fn serve_with_shutdown<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    signal: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(signal);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut signal => break,
+        };
         let service = TowerToHyperService::new(service.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(err) = served {
+            if let Err(err) = connection.await {
                 eprintln!("connection error: {err}");
             }
         });
     }
+    // New connections are refused from here on.
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -193,16 +231,59 @@ async fn main() -> Result<(), BoxError> {
         .filename(dir.path().join("notes.db"))
         .create_if_missing(true);
     let pool = open_pool(options.clone()).await?;
-    let live = LivePool::builder_with_pool(pool, move || open_pool(options.clone()))
+    // A reopen reattaches the database that was open; it never creates one.
+    let reopen = options.create_if_missing(false);
+    let live = LivePool::builder_with_pool(pool, move || open_pool(reopen.clone()))
+        // On a give-up, the requests in flight get this long before the exit.
+        .shutdown_grace(Duration::from_secs(10))
         .open()
         .await?;
 
+    let stop = stop_signal()?;
+    let given_up = live.given_up();
+    let shutdown = async move {
+        tokio::select! {
+            () = given_up => {}
+            () = stop => {}
+        }
+    };
     let service = ServiceBuilder::new()
         .map_result(error_response)
-        .service(notes_service(live));
+        .service(notes_service(live.clone()));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    serve(listener, service).await?;
+    serve_with_shutdown(listener, service, shutdown).await?;
+
+    // Every request in flight has had its answer.
+    if let Some(gave_up) = live.gave_up() {
+        std::process::exit(gave_up.exit_code);
+    }
+    live.pool().close().await;
     Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c; the handlers are installed at the call,
+/// before the server is announced.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }

@@ -26,6 +26,10 @@
 //! (`Unavailable` or `Internal`, the error kept as its source); tonic puts
 //! the status in the response's extensions, where the layer finds it.
 //!
+//! SIGTERM or ctrl-c stops it gracefully (exit 0); when the policy gives up
+//! it stops the same way and exits with status 1 once the calls in flight
+//! are answered.
+//!
 //! `tests/layer_tonic.rs` serves `NotesServer` in-process and calls it with
 //! `NotesClient` over a real channel.
 
@@ -35,6 +39,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use sqlx::SqlitePool;
@@ -99,12 +104,16 @@ async fn add(live: LivePool, note: AddNote) -> Result<NoteId, Status> {
         // Not a database error: the layer lets it through untouched.
         return Err(Status::invalid_argument("empty note"));
     }
-    let id = sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+    // `execute` reports a failed commit; `fetch_one` on `INSERT … RETURNING`
+    // would drop it (a full disk) and return an id for a row never stored.
+    let done = sqlx::query("INSERT INTO notes(body) VALUES (?)")
         .bind(&note.body)
-        .fetch_one(&live.pool())
+        .execute(&live.pool())
         .await
         .map_err(status_from_sqlx)?;
-    Ok(NoteId { id })
+    Ok(NoteId {
+        id: done.last_insert_rowid(),
+    })
 }
 
 async fn list(live: LivePool) -> Result<Notes, Status> {
@@ -232,10 +241,20 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     live: LivePool,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_shutdown(listener, live, std::future::pending()).await
+}
+
+/// [`serve`] until `signal` resolves, then stops accepting and lets the
+/// calls in flight finish.
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    live: LivePool,
+    signal: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .layer(DbLivenessLayer::new(live.clone()))
         .add_service(NotesServer::new(live))
-        .serve_with_incoming(TcpIncoming::from(listener))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
         .await
 }
 
@@ -256,13 +275,56 @@ async fn main() -> Result<(), BoxError> {
         .filename(dir.path().join("notes.db"))
         .create_if_missing(true);
     let pool = open_pool(options.clone()).await?;
-    let live = LivePool::builder_with_pool(pool, move || open_pool(options.clone()))
+    // A reopen reattaches the database that was open; it never creates one.
+    let reopen = options.create_if_missing(false);
+    let live = LivePool::builder_with_pool(pool, move || open_pool(reopen.clone()))
+        // On a give-up, the calls in flight get this long before the exit.
+        .shutdown_grace(Duration::from_secs(10))
         .open()
         .await?;
 
+    let stop = stop_signal()?;
+    let given_up = live.given_up();
+    let shutdown = async move {
+        tokio::select! {
+            () = given_up => {}
+            () = stop => {}
+        }
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    serve(listener, live).await?;
+    serve_with_shutdown(listener, live.clone(), shutdown).await?;
+
+    // Every call in flight has had its answer.
+    if let Some(gave_up) = live.gave_up() {
+        std::process::exit(gave_up.exit_code);
+    }
+    live.pool().close().await;
     Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c; the handlers are installed at the call,
+/// before the server is announced.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }

@@ -1,22 +1,24 @@
 //! Sorting a `sqlx::Error` into *fatal*, *transient* or *other*.
 //!
-//! The decision is made on SQLite's numeric extended result code first: sqlx
-//! reports it through [`DatabaseError::code`](sqlx::error::DatabaseError::code)
-//! as a decimal string. Several codes share one message (`8`, `1032` and
-//! `1544` all say "attempt to write a readonly database"; `5` and `517` both
-//! say "database is locked"), so the message text is consulted only when an
-//! error carries no code at all.
+//! The decision is made on SQLite's numeric extended result code, which sqlx
+//! reports through [`DatabaseError::code`](sqlx::error::DatabaseError::code)
+//! as a decimal string, and only for a database error that is SQLite's
+//! (`sqlx::sqlite::SqliteError`): another driver's codes (a Postgres
+//! SQLSTATE such as `22026`) mean something else, so its errors are
+//! [`Other`](ErrorClass::Other). The message text is never read: it can
+//! carry user input, and several codes share one message anyway.
 //!
 //! | class | SQLite result codes | sqlx variants |
 //! |---|---|---|
 //! | [`Fatal`](ErrorClass::Fatal) | IOERR (10) and its extended codes except 2826 and 3850; CORRUPT (11) family; NOTADB (26); CANTOPEN (14) family; READONLY_DBMOVED (1032) | `WorkerCrashed` |
-//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut` |
-//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes, ... | everything else |
+//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut`; `PoolClosed` (the pool was closed because a heal replaced it) |
+//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes, ...; any other driver's database error | everything else |
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use sqlx::error::DatabaseError;
+use sqlx::sqlite::SqliteError;
 
 /// How the liveness policy treats an error.
 ///
@@ -24,6 +26,7 @@ use sqlx::error::DatabaseError;
 /// use tower_db_liveness::{classify, ErrorClass};
 ///
 /// assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
+/// assert_eq!(classify(&sqlx::Error::PoolClosed), ErrorClass::Transient);
 /// assert_eq!(classify(&sqlx::Error::WorkerCrashed), ErrorClass::Fatal);
 /// assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::Other);
 /// ```
@@ -33,7 +36,8 @@ pub enum ErrorClass {
     /// and the process exits if that does not help.
     Fatal,
     /// A momentary condition (a lock held elsewhere, a full disk, an exhausted
-    /// pool). Never reopens; the next request is expected to succeed.
+    /// pool, a pool closed by a heal). Never reopens; a retry is expected to
+    /// succeed.
     Transient,
     /// Not a liveness concern: constraint violations, SQL mistakes, decode errors.
     Other,
@@ -93,14 +97,17 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
     match err {
         sqlx::Error::Database(db) => classify_database_error(db.as_ref()),
         sqlx::Error::WorkerCrashed => ErrorClass::Fatal,
-        sqlx::Error::PoolTimedOut => ErrorClass::Transient,
+        // A heal closes the dead pool: a request that got to it late is
+        // refused, and its retry lands on the new pool.
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ErrorClass::Transient,
         _ => ErrorClass::Other,
     }
 }
 
-/// Classifies any error that holds a `sqlx::Error` (or a SQLite database
+/// Classifies any error that holds a `sqlx::Error` (or a driver's database
 /// error) somewhere in its [`source`](StdError::source) chain, starting with
-/// the error itself.
+/// the error itself. The first one found decides; a database error of a
+/// driver other than SQLite is [`ErrorClass::Other`].
 ///
 /// Returns `None` when the chain holds no database error at all, which is how
 /// the layer tells a database failure from any other handler error.
@@ -143,11 +150,11 @@ impl Found<'_> {
         }
     }
 
-    /// SQLite's extended result code, when the error has one.
+    /// SQLite's extended result code, when the error is SQLite's.
     pub(crate) fn code(&self) -> Option<i32> {
         match self {
             Found::Sqlx(err) => result_code(err),
-            Found::Database(db) => parse_code(*db),
+            Found::Database(db) => sqlite_code(*db),
         }
     }
 }
@@ -170,9 +177,10 @@ pub(crate) fn find_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<Fou
         }
         // `sqlx::Error::Database` exposes its inner error as a source; someone
         // may have wrapped that inner error alone.
-        if let Some(db) = current.downcast_ref::<sqlx::sqlite::SqliteError>() {
+        if let Some(db) = current.downcast_ref::<SqliteError>() {
             return Some(Found::Database(db));
         }
+        // Any driver's: classified by the same SQLite-only rule below.
         if let Some(db) = current.downcast_ref::<Box<dyn DatabaseError>>() {
             return Some(Found::Database(db.as_ref()));
         }
@@ -181,23 +189,25 @@ pub(crate) fn find_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<Fou
     None
 }
 
-/// The SQLite extended result code of a database error, if it has one.
+/// The SQLite extended result code of a database error, if it is SQLite's.
 pub(crate) fn result_code(err: &sqlx::Error) -> Option<i32> {
     match err {
-        sqlx::Error::Database(db) => parse_code(db.as_ref()),
+        sqlx::Error::Database(db) => sqlite_code(db.as_ref()),
         _ => None,
     }
 }
 
-fn parse_code(db: &dyn DatabaseError) -> Option<i32> {
-    db.code()?.trim().parse().ok()
+/// SQLite's code, read only from a `SqliteError`: another driver's code
+/// (a SQLSTATE) would be misread as a SQLite one.
+fn sqlite_code(db: &dyn DatabaseError) -> Option<i32> {
+    let sqlite = db.try_downcast_ref::<SqliteError>()?;
+    sqlite.code()?.trim().parse().ok()
 }
 
 fn classify_database_error(db: &dyn DatabaseError) -> ErrorClass {
-    match parse_code(db) {
-        Some(code) => classify_code(code),
-        None => classify_message(db.message()),
-    }
+    // Never the message: it can carry user input, and a `SqliteError`
+    // always has a code.
+    sqlite_code(db).map_or(ErrorClass::Other, classify_code)
 }
 
 /// Classifies a SQLite (extended) result code.
@@ -211,32 +221,6 @@ pub(crate) fn classify_code(code: i32) -> ErrorClass {
             BUSY | LOCKED | FULL => ErrorClass::Transient,
             _ => ErrorClass::Other,
         },
-    }
-}
-
-/// Fallback for a database error without a code: SQLite's own messages.
-/// Ambiguous messages ("attempt to write a readonly database" is shared by
-/// codes 8, 1032 and 1544) stay [`ErrorClass::Other`].
-pub(crate) fn classify_message(message: &str) -> ErrorClass {
-    let message = message.to_ascii_lowercase();
-    const TRANSIENT: [&str; 3] = [
-        "database is locked",
-        "database table is locked",
-        "database or disk is full",
-    ];
-    const FATAL: [&str; 4] = [
-        "disk i/o error",
-        "database disk image is malformed",
-        "file is not a database",
-        "unable to open database file",
-    ];
-    // Transient first, so a lock is never mistaken for a dead handle.
-    if TRANSIENT.iter().any(|m| message.contains(m)) {
-        ErrorClass::Transient
-    } else if FATAL.iter().any(|m| message.contains(m)) {
-        ErrorClass::Fatal
-    } else {
-        ErrorClass::Other
     }
 }
 
@@ -296,33 +280,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn messages_without_code() {
-        assert_eq!(
-            classify_message("database is locked"),
-            ErrorClass::Transient
-        );
-        assert_eq!(classify_message("Disk I/O error"), ErrorClass::Fatal);
-        assert_eq!(
-            classify_message("database disk image is malformed"),
-            ErrorClass::Fatal
-        );
-        assert_eq!(
-            classify_message("file is not a database"),
-            ErrorClass::Fatal
-        );
-        assert_eq!(
-            classify_message("attempt to write a readonly database"),
-            ErrorClass::Other
-        );
-        assert_eq!(classify_message(""), ErrorClass::Other);
+    /// The documented table, written out independently of `classify_code`.
+    fn documented(code: i32) -> ErrorClass {
+        match code {
+            2826 | 3850 => ErrorClass::Transient,
+            1032 => ErrorClass::Fatal,
+            _ => match code & 0xff {
+                10 | 11 | 14 | 26 => ErrorClass::Fatal,
+                5 | 6 | 13 => ErrorClass::Transient,
+                _ => ErrorClass::Other,
+            },
+        }
+    }
+
+    // A `SqliteError` cannot be built outside sqlx, so the table is asserted
+    // here on the code alone; `tests/classify_real.rs` runs real SQLite
+    // errors through `classify`.
+    proptest::proptest! {
+        #[test]
+        fn busy_and_locked_families_are_never_fatal(
+            extended in 0i32..=0x7fffff,
+            primary in proptest::prop_oneof![proptest::strategy::Just(BUSY), proptest::strategy::Just(LOCKED)],
+        ) {
+            let code = (extended << 8) | primary;
+            proptest::prop_assert_eq!(classify_code(code), ErrorClass::Transient, "code {}", code);
+        }
+
+        #[test]
+        fn fatal_families_are_always_fatal(
+            extended in 0i32..=0x7fffff,
+            primary in proptest::prop_oneof![
+                proptest::strategy::Just(IOERR),
+                proptest::strategy::Just(CORRUPT),
+                proptest::strategy::Just(CANTOPEN),
+                proptest::strategy::Just(NOTADB),
+            ],
+        ) {
+            let code = (extended << 8) | primary;
+            proptest::prop_assume!(code != IOERR_BLOCKED && code != IOERR_LOCK);
+            proptest::prop_assert_eq!(classify_code(code), ErrorClass::Fatal, "code {}", code);
+        }
+
+        #[test]
+        fn any_code_gets_the_documented_class(code in proptest::arbitrary::any::<i32>()) {
+            proptest::prop_assert_eq!(classify_code(code), documented(code), "code {}", code);
+        }
     }
 
     #[test]
     fn sqlx_variants() {
         assert_eq!(classify(&sqlx::Error::WorkerCrashed), ErrorClass::Fatal);
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
-        assert_eq!(classify(&sqlx::Error::PoolClosed), ErrorClass::Other);
+        assert_eq!(classify(&sqlx::Error::PoolClosed), ErrorClass::Transient);
         assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::Other);
         assert_eq!(
             classify(&sqlx::Error::Protocol("x".into())),

@@ -35,7 +35,8 @@ use crate::classify::{ErrorClass, classify, result_code};
 /// Return it from handlers (`?` converts a `sqlx::Error`). With the `axum`
 /// feature it is a response: `500 Internal Server Error` for
 /// [`ErrorClass::Other`], `503 Service Unavailable` with `Retry-After: 1` for
-/// [`Fatal`](ErrorClass::Fatal) and [`Transient`](ErrorClass::Transient), a
+/// [`Fatal`](ErrorClass::Fatal) and [`Transient`](ErrorClass::Transient)
+/// (a `PoolClosed` from a pool a heal replaced is transient), a
 /// short plain-text body that never contains SQLite's own message, and the
 /// error recorded in the response's extensions for the layer.
 ///
@@ -164,8 +165,8 @@ impl axum_core::response::IntoResponse for DbError {
 
 /// Builds the `tonic::Status` a handler returns for a `sqlx::Error`.
 ///
-/// `Unavailable` for fatal and transient errors (gRPC clients treat it as
-/// retryable), `Internal` otherwise. The message is generic; the
+/// `Unavailable` for fatal and transient errors, `PoolClosed` included
+/// (gRPC clients treat it as retryable), `Internal` otherwise. The message is generic; the
 /// `sqlx::Error` is kept as the status's [`source`](StdError::source), where
 /// the [`DbLivenessLayer`](crate::DbLivenessLayer) finds it (tonic puts the
 /// status in the response's extensions). The source never goes on the wire.
@@ -212,7 +213,25 @@ mod tests {
     fn display_hides_the_database_message() {
         let err = DbError::from(sqlx::Error::Protocol("secret detail".into()));
         assert_eq!(err.to_string(), "database error");
-        assert!(err.source().is_some());
+        // The source is the very error that was wrapped, detail and all.
+        let Some(source) = err.source().and_then(|s| s.downcast_ref::<sqlx::Error>()) else {
+            panic!("the source is not the sqlx::Error: {:?}", err.source());
+        };
+        assert!(std::ptr::eq(source, err.get_ref()));
+        assert!(
+            matches!(source, sqlx::Error::Protocol(detail) if detail == "secret detail"),
+            "{source:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_pool_is_unavailable() {
+        // A heal closes the dead pool; a request that reached it late is
+        // asked to retry, not told the server is broken.
+        let err = DbError::from(sqlx::Error::PoolClosed);
+        assert_eq!(err.class(), ErrorClass::Transient);
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.to_string(), "transient database error");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! - [`classify`] sorts a `sqlx::Error` into [`ErrorClass::Fatal`] (dead handle,
 //!   corruption, moved or deleted file), [`ErrorClass::Transient`] (locks,
-//!   a full disk, an exhausted pool) or [`ErrorClass::Other`];
+//!   a full disk, an exhausted or closed pool) or [`ErrorClass::Other`];
 //! - [`LivePool`] holds the current `SqlitePool` behind an `ArcSwap`. On a fatal
 //!   error it reopens the pool **once**, verifies it and swaps it in; when
 //!   that fails, or the fault comes back on the fresh pool, it logs and
@@ -30,7 +30,9 @@
 //! # Quickstart: axum
 //!
 //! Handlers take the pool from the [`LivePool`] on every request and return
-//! [`DbError`] (feature `axum`); the layer does the rest.
+//! [`DbError`] (feature `axum`); the layer does the rest. Write with
+//! `execute`, not `fetch_one` on `INSERT … RETURNING`: sqlx stops after the
+//! returned row and drops a commit that fails afterwards (a full disk).
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -132,11 +134,13 @@
 //!
 //! // In a handler of your service:
 //! async fn add(live: &LivePool, body: &str) -> Result<i64, tonic::Status> {
-//!     sqlx::query_scalar("INSERT INTO notes(body) VALUES (?) RETURNING id")
+//!     // `execute`: `fetch_one` on `INSERT … RETURNING` can drop a failed commit.
+//!     let done = sqlx::query("INSERT INTO notes(body) VALUES (?)")
 //!         .bind(body)
-//!         .fetch_one(&live.pool())
+//!         .execute(&live.pool())
 //!         .await
-//!         .map_err(status_from_sqlx) // UNAVAILABLE or INTERNAL, source kept
+//!         .map_err(status_from_sqlx)?; // UNAVAILABLE or INTERNAL, source kept
+//!     Ok(done.last_insert_rowid())
 //! }
 //!
 //! #[tokio::main]
@@ -172,15 +176,18 @@
 //! # Classification
 //!
 //! Decided on SQLite's numeric extended result code (what sqlx reports as
-//! [`DatabaseError::code`](sqlx::error::DatabaseError::code)); the message
-//! text is read only when an error has no code, because codes 8, 1032 and
-//! 1544 share one message, and so do 5 and 517.
+//! [`DatabaseError::code`](sqlx::error::DatabaseError::code)), and only for
+//! an error that is SQLite's (`sqlx::sqlite::SqliteError`): another driver's
+//! database error (a Postgres SQLSTATE such as `22026`) is
+//! [`Other`](ErrorClass::Other) whatever its code. The message text is never
+//! read: it can carry user input, and codes 8, 1032 and 1544 share one
+//! message, as do 5 and 517.
 //!
 //! | class | SQLite result codes | sqlx variants |
 //! |---|---|---|
 //! | [`Fatal`](ErrorClass::Fatal) | IOERR (10) and its extended codes except 2826 and 3850; CORRUPT (11) family; NOTADB (26); CANTOPEN (14) family; READONLY_DBMOVED (1032) | `WorkerCrashed` |
-//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut` |
-//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes | everything else |
+//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut`; `PoolClosed` (a heal closed the pool the request reached) |
+//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes; any other driver's database error | everything else |
 //!
 //! # What happens to your data
 //!

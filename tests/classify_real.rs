@@ -184,7 +184,7 @@ async fn readonly_8_is_other() -> TestResult {
 }
 
 #[tokio::test]
-async fn pool_timed_out_is_transient_and_pool_closed_is_other() -> TestResult {
+async fn pool_timed_out_is_transient() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
@@ -199,11 +199,60 @@ async fn pool_timed_out_is_transient_and_pool_closed_is_other() -> TestResult {
     );
     assert_eq!(classify(&timed_out), ErrorClass::Transient);
     drop(held);
+    Ok(())
+}
 
+/// A heal closes the dead pool, so a request that reaches it late gets
+/// `PoolClosed`: an availability condition, answered 503 with Retry-After
+/// (gRPC: UNAVAILABLE), never a 500.
+#[tokio::test]
+async fn pool_closed_is_transient_and_answers_503() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let pool = SqlitePool::connect_with(db.options()).await?;
+    create_table(&pool).await?;
     pool.close().await;
-    let closed = expect_err(sqlx::query("SELECT 1").execute(&pool).await)?;
-    assert!(matches!(closed, sqlx::Error::PoolClosed), "{closed:?}");
-    assert_eq!(classify(&closed), ErrorClass::Other);
+    let closed = || async { expect_err(insert(&pool, "late").await) };
+
+    let err = closed().await?;
+    assert!(matches!(err, sqlx::Error::PoolClosed), "{err:?}");
+    assert_eq!(classify(&err), ErrorClass::Transient);
+    assert_eq!(classify_chain(&err), Some(ErrorClass::Transient));
+
+    let err = tower_db_liveness::DbError::from(closed().await?);
+    assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+
+    #[cfg(feature = "axum")]
+    {
+        use axum::response::IntoResponse;
+        let response = tower_db_liveness::DbError::from(closed().await?).into_response();
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(http::header::RETRY_AFTER),
+            Some(&http::HeaderValue::from_static("1"))
+        );
+    }
+    #[cfg(feature = "tonic")]
+    {
+        let status = tower_db_liveness::status_from_sqlx(closed().await?);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+    Ok(())
+}
+
+/// The message is never read: a real SQLite error whose text carries
+/// "disk I/O error" (from the statement) is classified by its code, 1.
+#[tokio::test]
+async fn a_message_with_a_fatal_text_is_classified_by_its_code() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let pool = SqlitePool::connect_with(db.options()).await?;
+    let err = expect_err(
+        sqlx::query(r#"SELECT * FROM "disk I/O error: database is locked""#)
+            .execute(&pool)
+            .await,
+    )?;
+    assert_eq!(code(&err).as_deref(), Some("1"), "{err}");
+    assert!(err.to_string().contains("disk I/O error"), "{err}");
+    assert_eq!(classify(&err), ErrorClass::Other);
     Ok(())
 }
 

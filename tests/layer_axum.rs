@@ -6,6 +6,7 @@
 //! is `Infallible`, so this is the only way an error can reach the layer).
 
 mod common;
+mod example_support;
 mod layer_support;
 
 #[allow(dead_code)]
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use common::{TestDb, TestResult, count_in_file, warm};
+use example_support::{Example, RawRequest, refused};
 use layer_support::{Http, WriteLock, last_heal, open, passed, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tower_db_liveness::{DbLivenessLayer, GiveUpReason};
@@ -189,106 +191,129 @@ async fn a_handler_error_that_is_not_a_database_error_passes_through() -> TestRe
     Ok(())
 }
 
-/// The example binary itself: once its directory is deleted and a write is
-/// sent, it exits with status 1 (the default exit action).
+/// The example binary itself, its watchdog off so the layer is the only
+/// detector: once its directory is deleted, a write fails with 1032 (503),
+/// the layer reports it, the reopen fails (14) and the process exits with
+/// status 1. The give-up names the write's 1032: the layer caused the exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_exits_with_status_1_when_its_directory_is_deleted() -> TestResult {
-    use tokio::io::AsyncBufReadExt;
-
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let stderr = std::fs::File::create(db.root.path().join("stderr.log"))?;
-    let mut child = tokio::process::Command::new(example_binary()?)
-        .args(["--db", &db.path.display().to_string()])
-        .args(["--addr", "127.0.0.1:0", "--journal", "delete"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next_line()
-            .await?
-            .ok_or("the example ended before it was listening")?;
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.parse()?;
-        }
-    };
-
-    let http = Http::new(addr);
+    let db_path = db.path.display().to_string();
+    let rescue_dir = db.root.path().display().to_string();
+    let mut example = Example::start(&[
+        "--db",
+        &db_path,
+        "--journal",
+        "delete",
+        "--rescue-dir",
+        &rescue_dir,
+        "--watchdog-ms",
+        "0",
+    ])
+    .await?;
+    let http = Http::new(example.addr);
     let created = http.post("/notes", "before").await?;
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(http.get("/health").await?.status, 200);
 
     db.rm_rf_dir()?;
-    // The write fails (1032) and the reopen cannot work (14), so the process
-    // exits; the response may or may not make it out first. (The example's
-    // watchdog may notice the deletion first: same outcome.)
-    let _ = http.post("/notes", "after").await;
+    // With the graceful shutdown the answer gets out before the exit.
+    let failed = http.post("/notes", "after").await?;
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert_eq!(failed.headers["retry-after"], "1");
+    assert_eq!(failed.body, "database temporarily unavailable\n");
 
-    let status = within("the example's exit", child.wait()).await??;
-    let log = std::fs::read_to_string(db.root.path().join("stderr.log"))?;
+    let status = example.wait().await?;
+    let log = example.log();
     assert_eq!(status.code(), Some(1), "stderr:\n{log}");
+    let gave_up = log
+        .lines()
+        .find(|line| line.contains("exiting so the supervisor restarts"))
+        .ok_or_else(|| format!("no give-up in stderr:\n{log}"))?;
+    // The fault is the write's error, as the layer reported it (the watchdog
+    // is off; nothing else touched the database after the deletion).
+    assert!(gave_up.contains("code=1032"), "{gave_up}");
     assert!(
-        log.contains("exiting so the supervisor restarts"),
-        "stderr:\n{log}"
+        gave_up.contains("(code: 14)"),
+        "the reopen failed: {gave_up}"
     );
     Ok(())
 }
 
-/// `target/<profile>/examples/axum`. `cargo test` builds the examples, but
-/// not when only this test target is selected, so it is (re)built here with
-/// this test's features: a no-op when it is fresh, and never a stale binary.
-fn example_binary() -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
-    let mut features = vec!["axum"];
-    for (on, feature) in [
-        (cfg!(feature = "fs-watch"), "fs-watch"),
-        (cfg!(feature = "tonic"), "tonic"),
-        (cfg!(feature = "systemd"), "systemd"),
-    ] {
-        if on {
-            features.push(feature);
-        }
-    }
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/layer_axum-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .ok_or("unexpected test binary location")?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or("unexpected test binary location")?;
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = std::process::Command::new(cargo)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "axum",
-            "--profile",
-            profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .arg("--features")
-        .arg(features.join(","))
-        .status()?;
-    if !build.success() {
-        return Err(format!("building the axum example failed: {build}").into());
-    }
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("axum{}", std::env::consts::EXE_SUFFIX));
-    if binary.exists() {
-        Ok(binary)
-    } else {
-        Err(format!("{} is missing after the build", binary.display()).into())
-    }
+/// Graceful shutdown on a give-up: a request that is in the server when the
+/// policy gives up is answered, new connections are refused, and the
+/// process exits with status 1 once the answer is out (before the grace
+/// period's own exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_at_the_give_up_is_answered_before_the_exit() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let db_path = db.path.display().to_string();
+    let rescue_dir = db.root.path().display().to_string();
+    let mut example = Example::start(&[
+        "--db",
+        &db_path,
+        "--rescue-dir",
+        &rescue_dir,
+        "--grace-secs",
+        "60",
+    ])
+    .await?;
+    let http = Http::new(example.addr);
+    assert_eq!(http.post("/notes", "before").await?.status, 201);
+
+    // In the server: the handler is reading the body (100 Continue), and
+    // the body is only sent after the give-up.
+    let in_flight = RawRequest::post_started(example.addr, "/notes", "in flight").await?;
+
+    // The watchdog sees the directory gone; the reopen fails; the policy
+    // gives up.
+    db.rm_rf_dir()?;
+    let gave_up = example.logged("exiting so the supervisor restarts").await?;
+    assert!(gave_up.contains("(code: 14)"), "{gave_up}");
+
+    refused(example.addr).await?;
+    let response = in_flight.finish().await?;
+    // Answered, not cut: the pool is closed, so 503 with Retry-After, and
+    // never a 201 for a database that is gone.
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "{response:?}\nstderr:\n{}",
+        example.log()
+    );
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after: 1"),
+        "{response:?}"
+    );
+
+    let status = example.wait().await?;
+    let log = example.log();
+    assert_eq!(status.code(), Some(1), "stderr:\n{log}");
+    assert!(
+        !log.contains("shutdown grace"),
+        "the drain finished first:\n{log}"
+    );
+    Ok(())
+}
+
+/// SIGTERM: the request in flight is served (201, and stored), new
+/// connections are refused, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_0() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let db_path = db.path.display().to_string();
+    let mut example = Example::start(&["--db", &db_path]).await?;
+    let http = Http::new(example.addr);
+    assert_eq!(http.post("/notes", "before").await?.status, 201);
+
+    let in_flight = RawRequest::post_started(example.addr, "/notes", "in flight").await?;
+    example.terminate().await?;
+    refused(example.addr).await?;
+    let response = in_flight.finish().await?;
+    assert!(response.starts_with("HTTP/1.1 201"), "{response:?}");
+    assert!(response.ends_with(r#"{"id":2}"#), "{response:?}");
+
+    let status = example.wait().await?;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", example.log());
+    assert_eq!(count_in_file(&db.path).await?, 2);
+    Ok(())
 }
