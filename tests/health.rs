@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use axum::Router;
 use common::{TestDb, TestResult, insert, open_live, warm};
-use health_support::{check_shape, fetch, open_gated, raw, serve, show};
+use health_support::{
+    BoxError, check_shape, fetch, open_gated, patch_file, raw, serve, show, within,
+};
 use http::{Method, StatusCode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
@@ -62,15 +64,14 @@ async fn healthy_answers_200_pass_and_head_the_same_headers() -> TestResult {
 
 const LOCK_CHILD: &str = "TOWER_DB_LIVENESS_LOCK_CHILD";
 
-/// Runs only inside the child process started by
-/// `an_exclusive_lock_held_by_another_process_answers_warn`: takes `BEGIN
-/// EXCLUSIVE` on the database, says so on stdout, and holds the lock until
-/// its stdin is closed.
+/// The child half of `an_exclusive_lock_held_by_another_process_answers_warn`,
+/// which runs it (ignored, so it never counts as a passing test on its
+/// own): takes `BEGIN EXCLUSIVE` on the database, says so on stdout, and
+/// holds the lock until its stdin is closed.
 #[tokio::test]
+#[ignore = "child half of an_exclusive_lock_held_by_another_process_answers_warn, which runs it"]
 async fn child_holds_an_exclusive_lock() -> TestResult {
-    let Some(path) = std::env::var_os(LOCK_CHILD) else {
-        return Ok(());
-    };
+    let path = std::env::var_os(LOCK_CHILD).ok_or("run by its parent test only")?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Delete);
@@ -111,6 +112,7 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
 
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
+            "--ignored",
             "--exact",
             "child_holds_an_exclusive_lock",
             "--nocapture",
@@ -122,14 +124,18 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
         .kill_on_drop(true)
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    loop {
-        match lines.next_line().await? {
-            // libtest prints the test's name on the same line.
-            Some(line) if line.trim_end().ends_with("LOCKED") => break,
-            Some(_) => continue,
-            None => return Err("the lock holder ended without taking the lock".into()),
+    within("the other process to take the lock", async {
+        loop {
+            match lines.next_line().await? {
+                // libtest prints the test's name on the same line.
+                Some(line) if line.trim_end().ends_with("LOCKED") => return Ok(()),
+                Some(_) => continue,
+                None => return Err("the lock holder ended without taking the lock".into()),
+            }
         }
-    }
+    })
+    .await
+    .and_then(|taken: Result<(), health_support::BoxError>| taken)?;
 
     // A flood of health checks while the other process holds the lock.
     let mut answers = tokio::task::JoinSet::new();
@@ -138,7 +144,7 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
         answers.spawn(async move { fetch(addr, Method::GET, "/health").await });
     }
     let mut first = None;
-    while let Some(answer) = answers.join_next().await {
+    while let Some(answer) = within("a health answer", answers.join_next()).await? {
         let answer = answer??;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         let body = answer.json()?;
@@ -158,8 +164,16 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
     // The other process commits and ends; a request that waits long enough
     // sees the probe through.
     drop(child.stdin.take());
-    assert!(child.wait().await?.success());
-    let after = fetch(server.addr, Method::GET, "/patient").await?;
+    assert!(
+        within("the other process to end", child.wait())
+            .await??
+            .success()
+    );
+    let after = within(
+        "the patient answer",
+        fetch(server.addr, Method::GET, "/patient"),
+    )
+    .await??;
     show("lock released", after.status, &after.body);
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(check_shape(&after.json()?)?, "pass");
@@ -201,10 +215,12 @@ async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestRes
 
     // The probe's finding reached the policy: it tried the reopen once and
     // gave up (the directory is gone), running the injected exit action.
-    let gave_up = match status
-        .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
-        .await
-        .ok_or("the LivePool is gone")?
+    let gave_up = match within(
+        "the give-up",
+        status.wait_for(|s| matches!(s, PoolStatus::GaveUp(_))),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?
     {
         PoolStatus::GaveUp(gave_up) => gave_up,
         other => return Err(format!("{other:?}").into()),
@@ -278,7 +294,7 @@ async fn a_heal_in_flight_answers_warn_then_pass() -> TestResult {
     no_path(&healing.body, &db)?;
 
     gate.open.notify_one();
-    live.healed().await;
+    within("the heal", live.healed()).await?;
     let healed = fetch(server.addr, Method::GET, "/health").await?;
     show("healed", healed.status, &healed.body);
     assert_eq!(healed.status, StatusCode::OK);
@@ -321,10 +337,12 @@ async fn a_fatal_error_from_the_read_fails_and_reaches_the_policy() -> TestResul
     no_path(&dead.body, &db)?;
 
     // The reopen meets the same garbage and the policy gives up.
-    status
-        .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
-        .await
-        .ok_or("the LivePool is gone")?;
+    within(
+        "the give-up",
+        status.wait_for(|s| matches!(s, PoolStatus::GaveUp(_))),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
     assert!(exits.next().await.is_some());
     assert_eq!(reopens.load(Ordering::SeqCst), 1);
     Ok(())
@@ -429,14 +447,161 @@ async fn mounts_in_plain_hyper() -> TestResult {
 }
 
 #[cfg(feature = "systemd")]
+const NO_SYSTEMD_CHILD: &str = "TOWER_DB_LIVENESS_NO_SYSTEMD_CHILD";
+
+/// The child half of `the_systemd_watchdog_is_a_no_op_outside_systemd`,
+/// started without systemd's variables whatever this process was given.
+#[cfg(feature = "systemd")]
 #[tokio::test]
-async fn the_systemd_watchdog_is_a_no_op_outside_systemd() -> TestResult {
-    // This binary never sets these; tests/health_systemd.rs does, alone.
-    if std::env::var_os("WATCHDOG_USEC").is_some() {
-        return Ok(());
-    }
+#[ignore = "child half of the_systemd_watchdog_is_a_no_op_outside_systemd, which runs it"]
+async fn child_outside_systemd() -> TestResult {
+    std::env::var_os(NO_SYSTEMD_CHILD).ok_or("run by its parent test only")?;
+    // The premise: the parent removed it.
+    assert!(std::env::var_os("WATCHDOG_USEC").is_none());
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let (live, _, _exits) = open_live(&db, |b| b).await?;
     assert!(tower_db_liveness::systemd::spawn_watchdog(&HealthService::new(live)).is_none());
+    Ok(())
+}
+
+#[cfg(feature = "systemd")]
+#[tokio::test]
+async fn the_systemd_watchdog_is_a_no_op_outside_systemd() -> TestResult {
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--ignored",
+            "--exact",
+            "child_outside_systemd",
+            "--test-threads=1",
+        ])
+        .env(NO_SYSTEMD_CHILD, "1")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .kill_on_drop(true)
+        .output();
+    let output = within("the child", child).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child stdout: {stdout}\nchild stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// One GET through `ServiceExt::oneshot`: status and body.
+async fn oneshot_get(health: HealthService) -> Result<(StatusCode, serde_json::Value), BoxError> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let request = http::Request::get("/health").body(())?;
+    let response = within("the health answer", health.oneshot(request)).await??;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    show("oneshot", status, &bytes);
+    Ok((status, serde_json::from_slice(&bytes)?))
+}
+
+fn output(body: &serde_json::Value) -> &serde_json::Value {
+    &body["checks"]["sqlite:responseTime"][0]["output"]
+}
+
+/// A schema that cannot be read with an error of class other (SQLITE_ERROR,
+/// "unsupported file format": the header's schema format number is 5, one
+/// more than SQLite knows) is not a pass and not a warn: the database does
+/// not serve. Nothing for the policy: other errors are not faults.
+#[tokio::test]
+async fn an_unreadable_schema_fails_with_an_error_of_class_other() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    warm(&live.pool()).await?;
+    let health = HealthService::new(live.clone());
+    assert_eq!(oneshot_get(health.clone()).await?.0, StatusCode::OK);
+
+    // The schema cookie (offset 40) changes too, so cached schemas are
+    // reloaded; the format number is at offset 44.
+    let cookie = {
+        let bytes = std::fs::read(&db.path)?;
+        u32::from_be_bytes(bytes[40..44].try_into()?).wrapping_add(1)
+    };
+    patch_file(&db.path, 40, &cookie.to_be_bytes())?;
+    patch_file(&db.path, 44, &5u32.to_be_bytes())?;
+
+    let (status, body) = oneshot_get(health).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(check_shape(&body)?, "fail");
+    assert_eq!(*output(&body), "other database error (SQLite code 1)");
+    assert!(!live.is_healing());
+    assert_eq!(reopens.load(Ordering::SeqCst), 0);
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+/// A closed pool (no heal in flight: closed by the application, say)
+/// cannot serve: `fail`, not `warn`.
+#[tokio::test]
+async fn a_closed_pool_fails() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    let health = HealthService::new(live.clone());
+    live.pool().close().await;
+
+    let (status, body) = oneshot_get(health).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(check_shape(&body)?, "fail");
+    assert_eq!(
+        *output(&body),
+        "other database error: attempted to acquire a connection on a closed pool"
+    );
+    assert!(!live.is_healing());
+    assert_eq!(reopens.load(Ordering::SeqCst), 0);
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+/// A second angle on a fatal read: a corrupt b-tree page (page 1's page
+/// type byte, offset 100; the file header before it stays valid), asked
+/// through `oneshot`: 11 CORRUPT, `fail`, and the finding reaches the
+/// policy, whose reopen meets the same page and gives up.
+#[tokio::test]
+async fn a_corrupt_page_fails_and_reaches_the_policy() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    warm(&live.pool()).await?;
+    let health = HealthService::new(live.clone());
+    let mut status = live.subscribe();
+
+    patch_file(&db.path, 100, &[0x01])?;
+
+    let (code, body) = oneshot_get(health).await?;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(check_shape(&body)?, "fail");
+    assert_eq!(*output(&body), "fatal database error (SQLite code 11)");
+    let gave_up = match within(
+        "the give-up",
+        status.wait_for(|s| matches!(s, PoolStatus::GaveUp(_))),
+    )
+    .await?
+    {
+        Some(PoolStatus::GaveUp(gave_up)) => gave_up,
+        other => return Err(format!("{other:?}").into()),
+    };
+    // The new pool's connect already reads the page (journal_mode).
+    assert!(
+        matches!(
+            gave_up.reason,
+            GiveUpReason::ReopenFailed(_) | GiveUpReason::VerifyFailed(_)
+        ),
+        "{:?}",
+        gave_up.reason
+    );
+    assert!(
+        gave_up.reason.to_string().contains("(code: 11)"),
+        "{}",
+        gave_up.reason
+    );
+    assert!(exits.next().await.is_some());
+    assert_eq!(reopens.load(Ordering::SeqCst), 1);
     Ok(())
 }

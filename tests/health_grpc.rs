@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{TestDb, TestResult, create_table, warm};
-use health_support::{BoxError, open_gated};
+use health_support::{BoxError, open_gated, within};
 use sqlx::sqlite::SqliteJournalMode;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Server};
@@ -63,22 +63,27 @@ fn whole_server() -> HealthCheckRequest {
 }
 
 async fn check(client: &mut HealthClient<Channel>) -> Result<ServingStatus, BoxError> {
-    let response = client.check(whole_server()).await?.into_inner();
+    let response = within("a Check answer", client.check(whole_server()))
+        .await??
+        .into_inner();
     Ok(response.status())
 }
 
-/// Reads the Watch stream until it reports `want`.
+/// Reads the Watch stream until it reports `want`, for at most 30 s.
 async fn next_status(
     stream: &mut tonic::Streaming<HealthCheckResponse>,
     want: ServingStatus,
 ) -> Result<(), BoxError> {
-    loop {
-        let message = stream.message().await?.ok_or("the Watch stream ended")?;
-        println!("Watch: {:?}", message.status());
-        if message.status() == want {
-            return Ok(());
+    within(&format!("Watch to report {want:?}"), async {
+        loop {
+            let message = stream.message().await?.ok_or("the Watch stream ended")?;
+            println!("Watch: {:?}", message.status());
+            if message.status() == want {
+                return Ok(());
+            }
         }
-    }
+    })
+    .await?
 }
 
 #[tokio::test]
@@ -113,7 +118,7 @@ async fn check_and_watch_see_the_database_die_and_heal() -> TestResult {
 
     // The bridge ends with the LivePool.
     drop(live);
-    bridge.await?;
+    within("the bridge to end", bridge).await??;
     Ok(())
 }
 
@@ -163,10 +168,12 @@ async fn not_serving_is_set_before_the_exit_action_runs() -> TestResult {
 
     db.unlink_files()?;
     live.check_file().await.ok_or("no finding")?;
-    status
-        .wait_for(|s| matches!(s, PoolStatus::Live { generation: 1, .. }))
-        .await
-        .ok_or("the LivePool is gone")?;
+    within(
+        "the heal",
+        status.wait_for(|s| matches!(s, PoolStatus::Live { generation: 1, .. })),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
     next_status(&mut watch, ServingStatus::Serving).await?;
 
     // The same fault on the fresh pool: the policy gives up. Found on a
@@ -177,9 +184,80 @@ async fn not_serving_is_set_before_the_exit_action_runs() -> TestResult {
     tokio::spawn(async move { finder.check_file().await })
         .await?
         .ok_or("no finding")?;
-    let at_exit = seen.recv().await.ok_or("the exit action did not run")?;
+    let at_exit = within("the exit action", seen.recv())
+        .await?
+        .ok_or("the exit action did not run")?;
     assert_eq!(at_exit, Some(ServingStatus::NotServing));
     assert_eq!(check(&mut client).await?, ServingStatus::NotServing);
     next_status(&mut watch, ServingStatus::NotServing).await?;
+    Ok(())
+}
+
+/// A second angle on the before-exit step, independent of scheduling: the
+/// bridge's task lives on a second runtime that is not driven while the
+/// database dies, so the status the exit action sees can only have been set
+/// by the step the policy awaits before it. The give-up comes from another
+/// entry point: the HTTP probe finding the directory deleted (the reopen
+/// then fails).
+#[test]
+fn the_before_exit_step_alone_sets_not_serving() -> TestResult {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let bridge_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (reporter, _health_server) = tonic_health::server::health_reporter();
+    let reader = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+
+    let live = main.block_on(async {
+        let pool = TestDb::pool_options().connect_with(db.options()).await?;
+        create_table(&pool).await?;
+        let (_, reopen) = common::counting_reopen(db.options());
+        let reader = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        LivePool::builder_with_pool(pool, reopen)
+            .watchdog_interval(None)
+            .rescue(false)
+            .on_give_up(move |_| {
+                let _ = seen_tx.send(status_now(&reader));
+            })
+            .open()
+            .await
+    })?;
+    let health = HealthService::new(live.clone());
+    // The bridge starts on its own runtime and is driven until it has said
+    // SERVING, then left undriven.
+    bridge_rt.block_on(async {
+        let _bridge = GrpcHealthBridge::new(&health, reporter)
+            .probe_interval(None)
+            .spawn();
+        within("SERVING", async {
+            while status_now(&reader) != Some(ServingStatus::Serving) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    })?;
+
+    main.block_on(async {
+        use tower::ServiceExt;
+        db.rm_rf_dir()?;
+        let answer = within(
+            "the health answer",
+            health.oneshot(http::Request::get("/health").body(())?),
+        )
+        .await??;
+        assert_eq!(answer.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let at_exit = within("the exit action", seen.recv())
+            .await?
+            .ok_or("the exit action did not run")?;
+        assert_eq!(at_exit, Some(ServingStatus::NotServing));
+        assert!(live.has_given_up());
+        Ok::<_, BoxError>(())
+    })?;
+    drop(bridge_rt);
     Ok(())
 }

@@ -8,45 +8,62 @@
 mod common;
 mod health_support;
 
-use std::process::Command;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{TestDb, TestResult, warm};
 use health_support::open_gated;
 use sqlx::sqlite::SqliteJournalMode;
 use tokio::net::UnixDatagram;
+use tokio::process::Command;
 use tower_db_liveness::{HealthService, PoolStatus, systemd};
 
 const CHILD: &str = "TOWER_DB_LIVENESS_SYSTEMD_CHILD";
 
-/// The next datagram systemd would have received.
+/// The next datagram systemd would have received (within 30 s, else a
+/// named failure).
 async fn next(socket: &UnixDatagram) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let mut buf = vec![0; 4096];
-    let n = socket.recv(&mut buf).await?;
+    let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buf))
+        .await
+        .map_err(|_| "no notify datagram within 30 s")??;
     let message = String::from_utf8(buf[..n].to_vec())?;
     println!("notify: {message:?}");
     Ok(message)
 }
 
-/// Reads datagrams until one carries `status` in its `STATUS=` line.
+/// Reads datagrams until one carries `status` in its `STATUS=` line, for at
+/// most 30 s (the pings alone would keep a plain loop going forever).
 async fn until_status(
     socket: &UnixDatagram,
     status: &str,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    loop {
-        let message = next(socket).await?;
-        if message.contains(&format!("STATUS=database {status}")) {
-            return Ok(message);
+    let wanted = format!("STATUS=database {status}");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let message = next(socket).await?;
+            if message.contains(&wanted) {
+                return Ok(message);
+            }
         }
-    }
+    })
+    .await
+    .map_err(|_| format!("no {wanted:?} within 30 s"))?
 }
 
-/// Runs only inside the child started by `feeds_systemd_only_while_the_database_lives`.
+/// The child half of `feeds_systemd_only_while_the_database_lives`, which
+/// runs it (ignored, so it never counts as a passing test on its own). It
+/// ends when its stdin closes: the parent holds the other end, so the child
+/// dies with the parent, however the parent ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child half of feeds_systemd_only_while_the_database_lives, which runs it"]
 async fn child_under_a_systemd_watchdog() -> TestResult {
-    if std::env::var_os(CHILD).is_none() {
-        return Ok(());
-    }
+    std::env::var_os(CHILD).ok_or("run by its parent test only")?;
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        eprintln!("the parent is gone: exiting");
+        std::process::exit(2);
+    });
     let socket = UnixDatagram::bind(std::env::var_os("NOTIFY_SOCKET").ok_or("no NOTIFY_SOCKET")?)?;
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let (live, gate, mut exits) = open_gated(&db, |b| b).await?;
@@ -77,10 +94,13 @@ async fn child_under_a_systemd_watchdog() -> TestResult {
     db.rm_rf_dir()?;
     let dead = until_status(&socket, "fail").await?;
     assert!(!dead.contains("WATCHDOG"), "{dead:?}");
-    status
-        .wait_for(|s| matches!(s, PoolStatus::GaveUp(_)))
-        .await
-        .ok_or("the LivePool is gone")?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| matches!(s, PoolStatus::GaveUp(_))),
+    )
+    .await
+    .map_err(|_| "no give-up within 30 s")?
+    .ok_or("the LivePool is gone")?;
     assert!(exits.next().await.is_some());
     // The exit action was injected, so the process lives on: systemd must
     // hear nothing more, for ten ping periods.
@@ -101,11 +121,12 @@ async fn child_under_a_systemd_watchdog() -> TestResult {
     }
 }
 
-#[test]
-fn feeds_systemd_only_while_the_database_lives() -> TestResult {
+#[tokio::test]
+async fn feeds_systemd_only_while_the_database_lives() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let output = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?)
         .args([
+            "--ignored",
             "--exact",
             "child_under_a_systemd_watchdog",
             "--nocapture",
@@ -116,10 +137,20 @@ fn feeds_systemd_only_while_the_database_lives() -> TestResult {
         // WatchdogSec=200ms: fed every 100 ms.
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID")
-        .output()?;
-    println!("{}", String::from_utf8_lossy(&output.stdout));
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // Held open until the child is done: its end of the pipe.
+    let _stdin = child.stdin.take().ok_or("no stdin")?;
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .map_err(|_| "the child did not finish within 120 s")??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
     assert!(
-        output.status.success(),
+        output.status.success() && stdout.contains("1 passed"),
         "child stdout: {}\nchild stderr: {}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)

@@ -186,8 +186,16 @@ impl Exits {
         (builder, Exits { rx })
     }
 
+    /// The next give-up, waiting at most 30 s: `None` (with a message) when
+    /// none came, so a missing give-up fails the test instead of hanging it.
     pub async fn next(&mut self) -> Option<GaveUp> {
-        self.rx.recv().await
+        match tokio::time::timeout(std::time::Duration::from_secs(30), self.rx.recv()).await {
+            Ok(gave_up) => gave_up,
+            Err(_) => {
+                eprintln!("Exits::next: no give-up within 30 s");
+                None
+            }
+        }
     }
 
     pub fn count_now(&mut self) -> usize {

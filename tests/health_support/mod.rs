@@ -234,3 +234,34 @@ pub fn show(state: &str, status: StatusCode, body: &[u8]) {
         String::from_utf8_lossy(body)
     );
 }
+
+/// Waits for `future`, failing the test instead of hanging it when what it
+/// waits for never happens. A bound on a hang, not a timing assertion.
+pub async fn within<T>(
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, BoxError> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), future)
+        .await
+        .map_err(|_| format!("{what}: did not happen within 30 s").into())
+}
+
+/// Rewrites bytes of the database file in place (same inode, so the file
+/// identity holds) and bumps the file change counter (offset 24), so that
+/// connections which cached page 1 read it again.
+pub fn patch_file(path: &std::path::Path, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut counter = [0; 4];
+    file.seek(SeekFrom::Start(24))?;
+    file.read_exact(&mut counter)?;
+    let bumped = u32::from_be_bytes(counter).wrapping_add(1).to_be_bytes();
+    file.seek(SeekFrom::Start(24))?;
+    file.write_all(&bumped)?;
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

@@ -229,3 +229,36 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T,
         .await
         .map_err(|_| format!("{what}: did not happen within 30 s").into())
 }
+
+/// Connections to a second database whose file was unlinked after they
+/// opened it (DELETE journal mode): a write on any of them fails with a real
+/// SQLITE_READONLY_DBMOVED (1032, fatal).
+///
+/// For tests that need a real fatal error while the LivePool's own file
+/// stays in place, so that its reopen verifies whatever the policy's rules
+/// for a missing file are: the layer only sees the error, not which file it
+/// came from.
+pub struct Elsewhere {
+    _db: crate::common::TestDb,
+    pub conns: Vec<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+}
+
+pub async fn elsewhere(n: u32) -> Result<Elsewhere, BoxError> {
+    let db = crate::common::TestDb::new(sqlx::sqlite::SqliteJournalMode::Delete)?;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(n)
+        .connect_with(db.options())
+        .await?;
+    crate::common::create_table(&pool).await?;
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut conn = pool.acquire().await?;
+        // Opens the file on this connection before the fault.
+        sqlx::query("SELECT count(*) FROM notes")
+            .execute(&mut *conn)
+            .await?;
+        conns.push(conn);
+    }
+    db.unlink_files()?;
+    Ok(Elsewhere { _db: db, conns })
+}
