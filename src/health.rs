@@ -803,7 +803,19 @@ async fn probe(live: &LivePool, bound: Duration, stuck: &AtomicU32) -> (u64, Fin
         full: format!("{class} database error: {err}"),
     };
     match class {
+        // Closed under a heal, the pool is the policy's business (its state
+        // answers first); a pool in service that is closed serves nothing.
+        ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
+            generation,
+            Finding::Dead(Detail::same("the pool in service is closed")),
+        ),
         ErrorClass::Transient => (generation, Finding::Transient(detail)),
+        // CANTOPEN with the file in place (checked above): a descriptor
+        // shortage, say. Reported, so the policy checks again; not dead.
+        ErrorClass::Fatal if code.is_some_and(|code| code & 0xff == 14) => {
+            drop(live.report_classified(generation, class, code, &err));
+            (generation, Finding::Transient(detail))
+        }
         ErrorClass::Fatal => {
             drop(live.report_classified(generation, class, code, &err));
             (generation, Finding::Dead(detail))

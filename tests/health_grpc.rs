@@ -104,7 +104,7 @@ async fn check_and_watch_see_the_database_die_and_heal() -> TestResult {
     assert_eq!(check(&mut client).await?, ServingStatus::Serving);
 
     // No request fails: the file is simply gone under the WAL pool.
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     next_status(&mut watch, ServingStatus::NotServing).await?;
     // The probe's finding reached the policy; the real reopen is held.
     assert!(live.is_healing());
@@ -166,7 +166,7 @@ async fn not_serving_is_set_before_the_exit_action_runs() -> TestResult {
     let mut watch = client.watch(whole_server()).await?.into_inner();
     let mut status = live.subscribe();
 
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     live.check_file().await.ok_or("no finding")?;
     within(
         "the heal",
@@ -179,7 +179,7 @@ async fn not_serving_is_set_before_the_exit_action_runs() -> TestResult {
     // The same fault on the fresh pool: the policy gives up. Found on a
     // worker thread, so that the heal task lands in tokio's LIFO slot ahead
     // of the bridge's task.
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let finder = live.clone();
     tokio::spawn(async move { finder.check_file().await })
         .await?

@@ -77,9 +77,9 @@ async fn child_under_a_systemd_watchdog() -> TestResult {
     assert_eq!(next(&socket).await?, "WATCHDOG=1\n");
 
     // The file goes: the probe that finds it fails and does not feed.
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let found = until_status(&socket, "fail").await?;
-    assert_eq!(found, "STATUS=database fail: database file deleted\n");
+    assert_eq!(found, "STATUS=database fail: database file replaced\n");
     // The heal it started is in flight (the real reopen held at the gate):
     // warn, fed.
     let healing = until_status(&socket, "warn").await?;

@@ -44,7 +44,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     assert_eq!(first.body, r#"{"id":1}"#);
     warm(&server.live.pool()).await?;
 
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let failed = http.post("/notes", "lost").await?;
     assert_eq!(failed.status, 503, "{failed:?}");
     assert_eq!(failed.headers["retry-after"], "1");
@@ -85,12 +85,13 @@ async fn deleted_directory_gives_up() -> TestResult {
         .ok_or("the exit action never ran")?;
     assert_eq!(gave_up.fault.code(), Some(1032), "{:?}", gave_up.fault);
     assert!(
-        matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("14")),
+        matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("no database file at")),
         "{:?}",
         gave_up.reason
     );
     assert!(server.live.has_given_up());
-    assert_eq!(server.reopens(), 1);
+    // A reopen never creates the database: with no file at the path it is not even tried.
+    assert_eq!(server.reopens(), 0);
     Ok(())
 }
 
@@ -140,7 +141,7 @@ async fn requests_during_a_heal_are_held_and_served_by_the_new_pool() -> TestRes
     assert_eq!(http.post("/notes", "before").await?.status, 201);
     warm(&server.live.pool()).await?;
 
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let failed = http.post("/notes", "lost").await?;
     assert_eq!(failed.status, 503, "{failed:?}");
     // The heal was started before that response left the layer.
@@ -234,7 +235,7 @@ async fn the_example_exits_with_status_1_when_its_directory_is_deleted() -> Test
     // is off; nothing else touched the database after the deletion).
     assert!(gave_up.contains("code=1032"), "{gave_up}");
     assert!(
-        gave_up.contains("(code: 14)"),
+        gave_up.contains("no database file at"),
         "the reopen failed: {gave_up}"
     );
     Ok(())
@@ -269,7 +270,7 @@ async fn a_request_in_flight_at_the_give_up_is_answered_before_the_exit() -> Tes
     // gives up.
     db.rm_rf_dir()?;
     let gave_up = example.logged("exiting so the supervisor restarts").await?;
-    assert!(gave_up.contains("(code: 14)"), "{gave_up}");
+    assert!(gave_up.contains("no database file at"), "{gave_up}");
 
     refused(example.addr).await?;
     let response = in_flight.finish().await?;

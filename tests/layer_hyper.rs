@@ -67,7 +67,7 @@ async fn unlinked_file_heals_and_the_next_write_succeeds() -> TestResult {
     assert_eq!(http.post("/notes", "before").await?.status, 201);
     warm(&server.live.pool()).await?;
 
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let failed = http.post("/notes", "lost").await?;
     assert_eq!(failed.status, 503, "{failed:?}");
     assert_eq!(failed.headers["retry-after"], "1");
@@ -104,7 +104,7 @@ async fn deleted_directory_gives_up() -> TestResult {
         .ok_or("the exit action never ran")?;
     assert_eq!(gave_up.fault.code(), Some(1032), "{:?}", gave_up.fault);
     assert!(
-        matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("14")),
+        matches!(&gave_up.reason, GiveUpReason::ReopenFailed(msg) if msg.contains("no database file at")),
         "{:?}",
         gave_up.reason
     );
@@ -157,7 +157,7 @@ async fn requests_during_a_heal_are_held_and_served_by_the_new_pool() -> TestRes
     assert_eq!(http.post("/notes", "before").await?.status, 201);
     warm(&server.live.pool()).await?;
 
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     assert_eq!(http.post("/notes", "lost").await?.status, 503);
     assert!(server.live.is_healing());
     while arrivals.try_recv().is_ok() {}
@@ -220,7 +220,7 @@ async fn the_service_error_comes_back_unchanged() -> TestResult {
     assert!(!server.live.is_healing());
 
     warm(&server.live.pool()).await?;
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let err = match service.oneshot(post(b"lost")?).await {
         Err(err) => err,
         Ok(response) => return Err(format!("expected an error, got {response:?}").into()),

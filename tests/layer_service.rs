@@ -77,7 +77,7 @@ async fn a_custom_error_is_searched_and_returned_unchanged() -> TestResult {
     let server = open(db.options(), open_pool, true, |b| b).await?;
     let service = DbLivenessLayer::new(server.live.clone()).layer(writer(server.live.clone()));
     warm(&server.live.pool()).await?;
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
 
     let err = match service.oneshot(http::Request::new(())).await {
         Err(err) => err,
@@ -144,7 +144,7 @@ async fn a_marked_response_is_reported_and_returned_untouched() -> TestResult {
         },
     ));
     warm(&server.live.pool()).await?;
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
 
     let response = service.oneshot(http::Request::new(())).await?;
     assert_eq!(response.status(), 503);
@@ -459,7 +459,7 @@ async fn a_held_request_runs_on_the_service_that_was_polled_ready() -> TestResul
     // Start a real heal (held shut) with a real fatal error.
     let failing = DbLivenessLayer::new(server.live.clone()).layer(writer(server.live.clone()));
     warm(&server.live.pool()).await?;
-    db.unlink_files()?;
+    db.replace_file().await?; // a restore: the same application's database
     let err = failing.oneshot(http::Request::new(())).await.err();
     assert!(err.as_ref().is_some_and(
         |e| e.cause.downcast_ref::<sqlx::Error>().map(classify) == Some(ErrorClass::Fatal)
