@@ -249,10 +249,12 @@ async fn main() -> Result<(), Error> {
         .with_graceful_shutdown(shutdown)
         .await?;
 
-    // Every request in flight has had its answer.
+    // Every request in flight has had its answer. Wait (bounded) until any
+    // replaced database is sealed and rescued, then exit with the give-up's
+    // code, if the policy gave up.
+    live.close().await;
     if let Some(gave_up) = live.gave_up() {
         std::process::exit(gave_up.exit_code);
     }
-    live.pool().close().await;
     Ok(())
 }

@@ -296,11 +296,13 @@ async fn main() -> Result<(), BoxError> {
     std::io::stdout().flush()?;
     serve_with_shutdown(listener, live.clone(), shutdown).await?;
 
-    // Every call in flight has had its answer.
+    // Every request in flight has had its answer. Wait (bounded) until any
+    // replaced database is sealed and rescued, then exit with the give-up's
+    // code, if the policy gave up.
+    live.close().await;
     if let Some(gave_up) = live.gave_up() {
         std::process::exit(gave_up.exit_code);
     }
-    live.pool().close().await;
     Ok(())
 }
 

@@ -56,8 +56,8 @@
 //! | status | when | HTTP |
 //! |---|---|---|
 //! | `pass` | the file is in place and the read succeeded | 200 |
-//! | `warn` | a heal is in flight; or a transient failure: a lock held elsewhere (SQLite BUSY), an exhausted pool, no answer within the timeout; or the file identity check did not answer within half the timeout (a hung mount), for the first two probes in a row | 200 |
-//! | `fail` | the probe found the database dead (file deleted, moved or replaced; a fatal error from the read; any other error from reading the schema); or the file identity check did not answer for the third probe in a row and every one after; or the policy gave up | 503 |
+//! | `warn` | a heal is in flight; or a transient failure: a lock held elsewhere (SQLite BUSY), an exhausted pool, CANTOPEN while the file is in place (a descriptor shortage), no answer within the timeout; or the file identity check did not answer within half the timeout (a hung mount), for the first two probes in a row | 200 |
+//! | `fail` | the probe found the database dead (file deleted, moved or replaced, its `-wal`/`-shm` gone; a fatal error from the read; any other error from reading the schema; the pool in service closed); or a heal is held up because the rescue of the dead file's data keeps failing (a full disk); or the file identity check did not answer for the third probe in a row and every one after; or the policy gave up | 503 |
 //!
 //! A hung file identity check is not reported to the policy: a hung mount
 //! is not a proven dead file, and a reopen would hang on it too. The `fail`

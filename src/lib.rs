@@ -160,8 +160,11 @@
 //! # fn main() {}
 //! ```
 //!
-//! Without a layer, call [`LivePool::report_at`] with the generation noted
-//! when the work started, and the policy does the same.
+//! Without a layer, take a [`Lease`] before the work (`live.lease()`: the
+//! pool in service and its generation), run the work on `lease.pool()` and
+//! hand its errors to `lease.report(&err)`, and the policy does the same: an
+//! error is always tagged with the generation that produced it, so a late
+//! error from a replaced pool never reopens (or exits) again.
 //!
 //! # Feature flags
 //!
@@ -193,30 +196,61 @@
 //!
 //! Measured with real files and real sqlx pools (both journal modes unless
 //! the row says otherwise). The crate never deletes, truncates or recreates a
-//! database file itself; a reopen uses your options exactly as given.
+//! database file itself. A reopen **reattaches the database that was open**:
+//! the absolute path recorded at start-up, without creating it (unless
+//! [`reopen_creates`](LivePoolBuilder::reopen_creates)), verified to be the
+//! same file and the same application's schema (every table of the old
+//! generation, the same `user_version` and `application_id`) before it is
+//! swapped in.
 //!
 //! | fault | what SQLite does | what this crate does |
 //! |---|---|---|
-//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) next to the nearest existing ancestor, the reopen fails with 14 and the policy exits. |
-//! | file unlinked (`rm app.db`) | as above | Rescue next to the file, then reopen: with `create_if_missing(true)` onto a new, empty file (your reopen creates the schema), otherwise exit. |
-//! | file or directory renamed | as above; the old file keeps its rows | Rescue, then reopen at the path (a new file) or exit if the directory is gone. |
-//! | file replaced by another database | old connections keep using the old inode | Rescue the old inode, then heal onto the file now at the path. |
+//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) into the nearest existing ancestor, nothing can be reattached, the policy exits. |
+//! | file unlinked or renamed, directory renamed | as above; a renamed file keeps its rows | Rescue, then exit: nothing is created at the path. |
+//! | a backup renamed over the file (a restore) | old connections keep using the old inode; a new connection would open the restore with the old `-wal` and replay it | Rescue the old inode, rename its `-wal`/`-shm` aside (`<name>-wal.stale-<stamp>-<random>`, never deleted), heal onto the restore, which keeps exactly its rows. |
+//! | `-wal` or `-shm` deleted alone | WAL: writes acknowledged into the unlinked log, lost at the next restart | The identity check covers the companions: rescue, exit. |
+//! | the configured symlink repointed (blue/green) | SQLite resolved the link at open and keeps the old target | Rescue the old target, heal onto the new one. |
+//! | a file of another schema at the path | | Rescue, verification fails, exit. |
 //! | page corruption | 11 CORRUPT on access; some reads may still succeed | Reopen once; if the corruption is in the file, the fault recurs and the policy exits. |
 //! | garbage file / bad header | 26 NOTADB | Reopen fails verification, the policy exits. |
 //! | lock held elsewhere, disk full | 5 / 517 BUSY, 13 FULL | Nothing: transient, the request fails with the error. |
 //!
 //! When a heal starts, the dead pool is closed at once (new acquires fail
-//! with `PoolClosed` instead of acknowledging writes into a file nobody will
-//! read again), and the rescue waits up to
-//! [`drain_timeout`](LivePoolBuilder::drain_timeout) for connections already
-//! checked out to come back, so its snapshot holds every write the old pool
-//! acknowledged. The tests count them: 70 of 70 rows in WAL mode (20 of them
-//! acknowledged after the deletion), 50 of 50 in DELETE mode, for every fault.
+//! with `PoolClosed`), writes in flight get
+//! [`drain_timeout`](LivePoolBuilder::drain_timeout) to finish, and the
+//! rescue runs on a connection opened before the fault. A rescue that fails
+//! (a full disk) is retried with back-off while the dead handle is kept open
+//! and `/health` answers `fail` ([`PoolStatus::RescueFailing`]): nothing is
+//! healed or exited until a rescue is saved. Then the dead file is
+//! **sealed**: the rescue connection takes the write lock once
+//! `PRAGMA data_version` shows no commit since the rescue started (rescuing
+//! again otherwise), so no write can be acknowledged on it afterwards. A
+//! transaction still open then is waited for in the background and rescued
+//! again after it commits; [`LivePool::close`] waits for that before the
+//! process exits. The tests count every row: 70 of 70 in WAL mode (20 of
+//! them acknowledged after the deletion), 50 of 50 in DELETE mode.
+//!
+//! # When it exits
+//!
+//! Only when the database is dead and cannot be reattached: the reopen fails
+//! (no file, no directory, another file or schema, the reopen fails or
+//! panics), the fault recurs within the recurrence window or the heal budget
+//! is spent, or a `-wal`/`-shm` the pool had open is gone. Never for locks, a
+//! full disk, an exhausted or closed pool, CANTOPEN while the database file
+//! is intact (a descriptor shortage, `ATTACH` to a bad path), another sqlx
+//! driver's errors, a hung filesystem, or a failure from a pool already
+//! replaced. The exit is `std::process::exit(1)` unless you replace it
+//! ([`on_give_up`](LivePoolBuilder::on_give_up)); a panic in your action
+//! still exits. To leave gracefully, serve with
+//! `.with_graceful_shutdown(live.given_up())` and set
+//! [`shutdown_grace`](LivePoolBuilder::shutdown_grace): requests in flight
+//! complete, new connections are refused, and the process exits with the
+//! give-up's code when your `main` calls `std::process::exit` after
+//! [`LivePool::close`], at the latest when the grace period is over.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-#[allow(dead_code)] // wired in by the watchdog, probe and heal
 mod blocking;
 mod classify;
 mod error;

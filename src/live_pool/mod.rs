@@ -515,20 +515,38 @@ impl LivePool {
     /// # }
     /// ```
     ///
-    /// Waits at most the rescue timeout for the background work.
+    /// Waits at most the rescue timeout for the background work, and the
+    /// close timeout for the pool's connections.
     pub async fn close(&self) {
         let retiring = self.inner.take_retiring();
-        let limit = self.inner.config.rescue.timeout;
+        let config = &self.inner.config;
         let all = async {
             for task in retiring {
                 let _ = task.await;
             }
         };
-        if tokio::time::timeout(limit, all).await.is_err() {
-            tracing::warn!("replaced generations still busy after {limit:?}; closing anyway");
+        if tokio::time::timeout(config.rescue.timeout, all).await.is_err() {
+            tracing::warn!(
+                "replaced generations still busy after {:?}; closing anyway",
+                config.rescue.timeout
+            );
         }
-        if !self.inner.gave_up() && !self.is_healing() {
-            self.pool().close().await;
+        if self.is_healing() {
+            // The heal owns the generation in service; it closes it itself.
+            return;
+        }
+        let current = self.inner.current();
+        let closed = async {
+            current.pool.close().await;
+            if let Some(conn) = current.sentinel.lock().await.take() {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        };
+        if tokio::time::timeout(config.close_timeout, closed).await.is_err() {
+            tracing::warn!(
+                "connections still checked out after {:?}; closing anyway",
+                config.close_timeout
+            );
         }
     }
 }
