@@ -56,7 +56,9 @@ async fn rig(configure: impl FnOnce(LivePoolBuilder) -> LivePoolBuilder) -> Rig 
             Ok(pool)
         }
     };
+    // The reopen builds the schema, so it may create the unlinked file anew.
     let builder = LivePool::builder_with_pool(pool, reopen)
+        .reopen_creates(true)
         .recurrence_window(Duration::ZERO)
         .max_heals(usize::MAX, Duration::from_secs(1))
         .on_give_up(|gave_up| panic!("the bench gave up: {gave_up:?}"));
