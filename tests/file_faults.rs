@@ -68,10 +68,12 @@ fn expected_fault(kind: Kind) -> FileFault {
 /// Waits on the policy's own signal for the first status that is not
 /// "generation 0 live".
 async fn next_change(status: &mut StatusWatch) -> TestResult {
-    status
-        .wait_for(|s| !matches!(s, PoolStatus::Live { generation: 0, .. }))
-        .await
-        .ok_or("the LivePool is gone")?;
+    common::within(
+        "a status other than live generation 0",
+        status.wait_for(|s| !matches!(s, PoolStatus::Live { generation: 0, .. })),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
     Ok(())
 }
 
@@ -118,10 +120,17 @@ async fn scenario(
 
     next_change(&mut status).await?;
     let detection = fault_at.elapsed();
-    let final_status = status
-        .wait_for(|s| !matches!(s, PoolStatus::Healing { .. }))
-        .await
-        .ok_or("the LivePool is gone")?;
+    let final_status = common::within(
+        "the end of the heal",
+        status.wait_for(|s| {
+            !matches!(
+                s,
+                PoolStatus::Healing { .. } | PoolStatus::RescueFailing { .. }
+            )
+        }),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
 
     let (fault, rescue) = match (&final_status, &expected) {
         (

@@ -32,7 +32,7 @@ async fn heals_after_unlink_and_serves_the_new_pool() -> TestResult {
     let err = unlink_and_fail_write(&db, &live).await?;
     assert_eq!(classify(&err), ErrorClass::Fatal, "{err}");
 
-    let outcome = live.report_at(0, &err).await;
+    let outcome = common::within("the outcome", live.report_at(0, &err)).await?;
     let Outcome::Healed(healed) = outcome else {
         return Err(format!("expected a heal, got {outcome:?}").into());
     };
@@ -57,7 +57,7 @@ async fn gives_up_when_the_reopen_fails() -> TestResult {
         open_live(&db, |b| b.reopen_creates(true).exit_code(3)).await?;
     let err = fail_write_after(&live.pool(), || db.rm_rf_dir()).await?;
 
-    let outcome = live.report_at(0, &err).await;
+    let outcome = common::within("the outcome", live.report_at(0, &err)).await?;
     let Outcome::GaveUp(gave_up) = outcome else {
         return Err(format!("expected a give-up, got {outcome:?}").into());
     };
@@ -73,7 +73,7 @@ async fn gives_up_when_the_reopen_fails() -> TestResult {
     assert!(live.has_given_up());
 
     // Terminal: later fatal reports do not reopen and do not exit again.
-    let again = live.report_at(0, &err).await;
+    let again = common::within("the outcome", live.report_at(0, &err)).await?;
     assert!(matches!(again, Outcome::GaveUp(_)), "{again:?}");
     assert_eq!(reopens.load(Ordering::SeqCst), 1);
     assert_eq!(exits.count_now(), 0);
@@ -93,7 +93,7 @@ async fn a_thousand_concurrent_reports_make_one_reopen() -> TestResult {
     }
     let mut healed = 0;
     let mut stale = 0;
-    while let Some(outcome) = tasks.join_next().await {
+    while let Some(outcome) = common::within("the reports' outcomes", tasks.join_next()).await? {
         match outcome? {
             Outcome::Healed(h) => {
                 assert_eq!(h.generation, 1);
@@ -119,10 +119,13 @@ async fn a_report_from_a_replaced_pool_is_stale() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let (live, reopens, _exits) = open_live(&db, |b| b.reopen_creates(true)).await?;
     let err = unlink_and_fail_write(&db, &live).await?;
-    assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
+    assert!(matches!(
+        common::within("the outcome", live.report_at(0, &err)).await?,
+        Outcome::Healed(_)
+    ));
 
     // A request that started on generation 0 fails late with the same error.
-    let late = live.report_at(0, &err).await;
+    let late = common::within("the outcome", live.report_at(0, &err)).await?;
     assert!(
         matches!(
             late,
@@ -146,11 +149,14 @@ async fn a_fault_recurring_on_the_fresh_pool_gives_up() -> TestResult {
     })
     .await?;
     let err = unlink_and_fail_write(&db, &live).await?;
-    assert!(matches!(live.report_at(0, &err).await, Outcome::Healed(_)));
+    assert!(matches!(
+        common::within("the outcome", live.report_at(0, &err)).await?,
+        Outcome::Healed(_)
+    ));
 
     // The same fault again, this time on the fresh generation.
     let err = unlink_and_fail_write(&db, &live).await?;
-    let outcome = live.report_at(1, &err).await;
+    let outcome = common::within("the outcome", live.report_at(1, &err)).await?;
     let Outcome::GaveUp(gave_up) = outcome else {
         return Err(format!("expected a give-up, got {outcome:?}").into());
     };
@@ -175,11 +181,11 @@ async fn heals_are_budgeted() -> TestResult {
     .await?;
     for generation in 0..2 {
         let err = unlink_and_fail_write(&db, &live).await?;
-        let outcome = live.report_at(generation, &err).await;
+        let outcome = common::within("the outcome", live.report_at(generation, &err)).await?;
         assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
     }
     let err = unlink_and_fail_write(&db, &live).await?;
-    let outcome = live.report_at(2, &err).await;
+    let outcome = common::within("the outcome", live.report_at(2, &err)).await?;
     let Outcome::GaveUp(gave_up) = outcome else {
         return Err(format!("expected a give-up, got {outcome:?}").into());
     };
@@ -212,13 +218,17 @@ async fn transient_errors_never_reopen() -> TestResult {
         .ok_or("write under a held lock succeeded")?;
 
     for _ in 0..10 {
-        let outcome = live.lease().report(&err).await;
+        let outcome = common::within("the outcome", live.lease().report(&err)).await?;
         assert!(
             matches!(outcome, Outcome::Ignored(ErrorClass::Transient)),
             "{outcome:?}"
         );
     }
-    let timed_out = live.lease().report(&sqlx::Error::PoolTimedOut).await;
+    let timed_out = common::within(
+        "the outcome",
+        live.lease().report(&sqlx::Error::PoolTimedOut),
+    )
+    .await?;
     assert!(matches!(timed_out, Outcome::Ignored(ErrorClass::Transient)));
     assert_eq!(reopens.load(Ordering::SeqCst), 0);
     assert_eq!(live.generation(), 0);
@@ -289,14 +299,14 @@ async fn corruption_in_the_file_recurs_after_the_reopen_and_gives_up() -> TestRe
     assert_eq!(classify(&err), ErrorClass::Fatal, "{err}");
 
     // One reopen: the schema page is intact, so the new pool verifies...
-    let outcome = live.report_at(0, &err).await;
+    let outcome = common::within("the outcome", live.report_at(0, &err)).await?;
     assert!(matches!(outcome, Outcome::Healed(_)), "{outcome:?}");
     // ...but the damage is in the file, and it comes back on the new pool.
     let again = count(&live.pool())
         .await
         .err()
         .ok_or("the damaged page was read")?;
-    let outcome = live.report_at(1, &again).await;
+    let outcome = common::within("the outcome", live.report_at(1, &again)).await?;
     let Outcome::GaveUp(gave_up) = outcome else {
         return Err(format!("expected a give-up, got {outcome:?}").into());
     };

@@ -525,7 +525,10 @@ impl LivePool {
                 let _ = task.await;
             }
         };
-        if tokio::time::timeout(config.rescue.timeout, all).await.is_err() {
+        if tokio::time::timeout(config.rescue.timeout, all)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "replaced generations still busy after {:?}; closing anyway",
                 config.rescue.timeout
@@ -542,7 +545,10 @@ impl LivePool {
                 let _ = sqlx::Connection::close(conn).await;
             }
         };
-        if tokio::time::timeout(config.close_timeout, closed).await.is_err() {
+        if tokio::time::timeout(config.close_timeout, closed)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "connections still checked out after {:?}; closing anyway",
                 config.close_timeout

@@ -243,3 +243,15 @@ pub async fn open_live(
     let live = builder.open().await?;
     Ok((live, calls, exits))
 }
+
+/// Waits for `future`, failing the test instead of hanging it when what it
+/// waits for never happens. A bound on a hang, not a timing assertion.
+pub async fn within<T>(
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+    tokio::time::timeout(BOUND, future)
+        .await
+        .map_err(|_| format!("{what}: did not happen within {BOUND:?}").into())
+}

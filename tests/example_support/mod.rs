@@ -14,17 +14,7 @@ use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The bound on every wait below: a hang becomes a named failure.
-const BOUND: Duration = Duration::from_secs(30);
-
-pub async fn within<T>(
-    what: &str,
-    future: impl std::future::Future<Output = T>,
-) -> Result<T, BoxError> {
-    tokio::time::timeout(BOUND, future)
-        .await
-        .map_err(|_| format!("{what}: did not happen within {BOUND:?}").into())
-}
+pub use crate::common::within;
 
 /// A running `examples/axum` process.
 pub struct Example {

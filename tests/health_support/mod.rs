@@ -235,16 +235,7 @@ pub fn show(state: &str, status: StatusCode, body: &[u8]) {
     );
 }
 
-/// Waits for `future`, failing the test instead of hanging it when what it
-/// waits for never happens. A bound on a hang, not a timing assertion.
-pub async fn within<T>(
-    what: &str,
-    future: impl std::future::Future<Output = T>,
-) -> Result<T, BoxError> {
-    tokio::time::timeout(std::time::Duration::from_secs(30), future)
-        .await
-        .map_err(|_| format!("{what}: did not happen within 30 s").into())
-}
+pub use crate::common::within;
 
 /// Rewrites bytes of the database file in place (same inode, so the file
 /// identity holds) and bumps the file change counter (offset 24), so that

@@ -222,13 +222,7 @@ pub fn last_heal(live: &LivePool) -> Option<tower_db_liveness::Healed> {
     }
 }
 
-/// Waits for `future`, failing the test instead of hanging it when what it
-/// waits for never happens. A bound on a hang, not a timing assertion.
-pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, BoxError> {
-    tokio::time::timeout(std::time::Duration::from_secs(30), future)
-        .await
-        .map_err(|_| format!("{what}: did not happen within 30 s").into())
-}
+pub use crate::common::within;
 
 /// Connections to a second database whose file was unlinked after they
 /// opened it (DELETE journal mode): a write on any of them fails with a real
