@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[allow(unused_imports)] // not every test binary that includes this waits
 pub use crate::common::within;
 
 /// A running `examples/axum` process.

@@ -235,6 +235,7 @@ pub fn show(state: &str, status: StatusCode, body: &[u8]) {
     );
 }
 
+#[allow(unused_imports)] // not every test binary that includes this waits
 pub use crate::common::within;
 
 /// Rewrites bytes of the database file in place (same inode, so the file

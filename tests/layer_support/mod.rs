@@ -222,6 +222,7 @@ pub fn last_heal(live: &LivePool) -> Option<tower_db_liveness::Healed> {
     }
 }
 
+#[allow(unused_imports)] // not every test binary that includes this waits
 pub use crate::common::within;
 
 /// Connections to a second database whose file was unlinked after they
