@@ -1,0 +1,336 @@
+//! Issue 9.3 on a real full filesystem: a rescue that fails because the
+//! disk is full keeps the dead handle (the only copy of the data) open and
+//! `/health` red, never heals or exits meanwhile, and completes with every
+//! acknowledged row once space is freed.
+//!
+//! The disk is a real, small tmpfs (or, where mounting tmpfs is not
+//! permitted, a loop-mounted ext2 image); the test fails, never skips, when
+//! neither can be mounted. The database's directory and the rescue
+//! directory are both on it, so every place a rescue can go (the rescue
+//! directory, the database's directory, the nearest existing ancestor: the
+//! mount's root once the directory is deleted) is on the full filesystem.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Exits, TestDb, TestResult, create_table, insert, warm};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use tower_db_liveness::{
+    Fault, FileFault, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A small filesystem mounted on a temporary directory, unmounted on drop.
+/// (The same mount as `tests/full_disk.rs`, which keeps its own private.)
+struct SmallDisk {
+    mount_point: PathBuf,
+    // Dropped after the unmount (fields drop after `Drop::drop`).
+    _root: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size_kib: u32) -> Result<Self, BoxError> {
+        let root = tempfile::tempdir()?;
+        let mount_point = root.path().join("disk");
+        std::fs::create_dir(&mount_point)?;
+        let tmpfs = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size_kib}k,mode=0700"))
+            .arg("tmpfs")
+            .arg(&mount_point)
+            .output()?;
+        if tmpfs.status.success() {
+            return Ok(SmallDisk {
+                mount_point,
+                _root: root,
+            });
+        }
+        // No tmpfs (e.g. an unprivileged container): an ext2 image on a loop device.
+        let image = root.path().join("disk.img");
+        std::fs::File::create(&image)?.set_len(u64::from(size_kib) * 1024)?;
+        let mkfs = Command::new("mkfs.ext2")
+            .arg("-q")
+            .arg("-F")
+            .arg(&image)
+            .output()?;
+        let looped = mkfs.status.success().then(|| {
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mount_point)
+                .output()
+        });
+        match looped {
+            Some(Ok(out)) if out.status.success() => Ok(SmallDisk {
+                mount_point,
+                _root: root,
+            }),
+            other => Err(format!(
+                "this test needs a small real filesystem and could mount neither a tmpfs ({}) \
+                 nor a loop-mounted ext2 image (mkfs: {}; mount: {:?})",
+                String::from_utf8_lossy(&tmpfs.stderr).trim(),
+                String::from_utf8_lossy(&mkfs.stderr).trim(),
+                other.map(|r| r.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())),
+            )
+            .into()),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a connection not closed yet): detach it.
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&self.mount_point)
+                .status();
+        }
+    }
+}
+
+/// Writes `path` until the filesystem refuses with ENOSPC, and keeps it.
+/// Returns how many bytes it holds.
+fn fill(path: &Path) -> Result<u64, BoxError> {
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0u64;
+    // Large chunks, then smaller ones, down to a byte: the filesystem ends up
+    // with no room left for even one more block.
+    for chunk in [64 * 1024, 4096, 512, 1] {
+        let buf = vec![0xa5u8; chunk];
+        loop {
+            match file.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    match file.sync_all() {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(28) => {}
+        Err(err) => return Err(err.into()),
+    }
+    // Proof that the disk is full now: not one more byte is taken.
+    let probe = file.write(&[0]);
+    if !matches!(&probe, Err(err) if err.raw_os_error() == Some(28)) {
+        return Err(format!("the filesystem is not full: one more byte gave {probe:?}").into());
+    }
+    Ok(written)
+}
+
+fn body(i: usize) -> String {
+    format!("row {i:04} {}", "x".repeat(600))
+}
+
+fn entries(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+async fn bodies_in_file(path: &Path) -> sqlx::Result<Vec<String>> {
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
+    let bodies = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
+        .fetch_all(&pool)
+        .await;
+    pool.close().await;
+    bodies
+}
+
+/// One GET of `/health` through `ServiceExt::oneshot`: status and body.
+async fn health_get(live: &LivePool) -> Result<(http::StatusCode, serde_json::Value), BoxError> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let request = http::Request::get("/health").body(())?;
+    let response =
+        tokio::time::timeout(WAIT, HealthService::new(live.clone()).oneshot(request)).await??;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    eprintln!("/health: {status} {}", String::from_utf8_lossy(&bytes));
+    Ok((status, serde_json::from_slice(&bytes)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() -> TestResult {
+    let disk = SmallDisk::mount(2048)?;
+    let data = disk.path().join("data");
+    let rescue_dir = disk.path().join("rescue");
+    std::fs::create_dir(&data)?;
+    std::fs::create_dir(&rescue_dir)?;
+    let path = data.join("app.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_millis(1000));
+    let (builder, mut exits) = Exits::install(
+        LivePool::builder(options)
+            .pool_options(TestDb::pool_options())
+            .watchdog_interval(None)
+            .drain_timeout(Duration::from_millis(200))
+            .rescue_dir(&rescue_dir),
+    );
+    let live = builder.open().await?;
+    create_table(&live.pool()).await?;
+
+    // 300 rows checkpointed into the main file (committed 30 to a
+    // transaction, so the -wal stays small on the small disk), 20 more,
+    // one commit each, only in the -wal.
+    let mut acknowledged = Vec::new();
+    for batch in 0..10 {
+        let mut tx = live.pool().begin().await?;
+        for i in batch * 30..(batch + 1) * 30 {
+            sqlx::query("INSERT INTO notes(body) VALUES (?)")
+                .bind(body(i))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        acknowledged.extend((batch * 30..(batch + 1) * 30).map(body));
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&live.pool())
+        .await?;
+    for i in 300..320 {
+        insert(&live.pool(), &body(i)).await?;
+        acknowledged.push(body(i));
+    }
+    warm(&live.pool()).await?;
+    let db_size = std::fs::metadata(&path)?.len();
+    let wal_size = std::fs::metadata(common::companion(&path, "-wal"))?.len();
+    eprintln!("database {db_size} B, -wal {wal_size} B");
+
+    // A connection acquired before the deletion keeps acknowledging writes
+    // into the unlinked file (WAL mode: no error at all).
+    let mut before = live.pool().acquire().await?;
+    sqlx::query("SELECT count(*) FROM notes")
+        .execute(&mut *before)
+        .await?;
+    std::fs::remove_dir_all(&data)?;
+    for i in 320..330 {
+        sqlx::query("INSERT INTO notes(body) VALUES (?)")
+            .bind(body(i))
+            .execute(&mut *before)
+            .await?;
+        acknowledged.push(body(i));
+    }
+    drop(before);
+
+    // The unlinked database's blocks are still counted; the filler takes
+    // every block left.
+    let filler = disk.path().join("filler");
+    let filled = fill(&filler)?;
+    eprintln!("filler holds {filled} B; the disk is full");
+
+    let mut status = live.subscribe();
+    let check = tokio::spawn({
+        let live = live.clone();
+        async move { live.check_file().await }
+    });
+
+    // The rescue fails, and is retried: a second failed attempt, and no
+    // give-up in between.
+    let failing = tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| {
+            matches!(s, PoolStatus::RescueFailing { attempts, .. } if *attempts >= 2)
+                || matches!(s, PoolStatus::GaveUp(_))
+        }),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
+    eprintln!("status while the disk is full: {failing:?}");
+    let PoolStatus::RescueFailing {
+        generation,
+        fault,
+        attempts,
+        code,
+    } = failing
+    else {
+        return Err(format!("expected a failing rescue, got {failing:?}").into());
+    };
+    assert_eq!(generation, 0);
+    assert_eq!(fault, Fault::File(FileFault::Deleted));
+    assert!(attempts >= 2, "{attempts}");
+    assert_eq!(code, Some(13), "SQLITE_FULL from VACUUM INTO");
+
+    let (http_status, health) = health_get(&live).await?;
+    assert_eq!(http_status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "fail");
+    let check_entry = &health["checks"]["sqlite:responseTime"][0];
+    assert_eq!(check_entry["status"], "fail");
+    let output = check_entry["output"]
+        .as_str()
+        .ok_or("no output in the health answer")?;
+    assert!(
+        !output.contains('/') && !output.contains("app.db"),
+        "the output holds a path: {output}"
+    );
+
+    // Nothing healed, nothing given up, no exit, while no rescue is saved.
+    assert_eq!(exits.count_now(), 0, "the exit action ran");
+    assert!(!live.has_given_up());
+    assert!(live.is_healing());
+    assert!(!check.is_finished(), "the heal finished without a rescue");
+
+    // Space is freed: a later attempt saves the rescue, then the policy
+    // gives up (the directory is gone, nothing to reattach).
+    std::fs::remove_file(&filler)?;
+    let outcome = tokio::time::timeout(WAIT, check)
+        .await??
+        .ok_or("the file check found nothing")?;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(
+        matches!(gave_up.reason, GiveUpReason::ReopenFailed(_)),
+        "{:?}",
+        gave_up.reason
+    );
+    assert!(exits.next().await.is_some(), "the exit action ran");
+    let rescue = gave_up.rescue.ok_or("no rescue")?;
+    assert_eq!(rescue.parent(), Some(rescue_dir.as_path()), "{rescue:?}");
+
+    // Every acknowledged row, the 10 written after the deletion included.
+    let rescued = bodies_in_file(&rescue).await?;
+    eprintln!(
+        "rescue {} B, {} rows (acknowledged {})",
+        std::fs::metadata(&rescue)?.len(),
+        rescued.len(),
+        acknowledged.len()
+    );
+    assert_eq!(rescued, acknowledged);
+    // The failed attempts left no partial copies behind.
+    let rescue_name = rescue
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or("no file name")?;
+    assert_eq!(entries(&rescue_dir)?, vec![rescue_name]);
+    assert_eq!(entries(disk.path())?, vec!["rescue".to_owned()]);
+
+    live.close().await;
+    drop(live);
+    drop(disk);
+    Ok(())
+}
