@@ -166,11 +166,12 @@ impl DbFile {
         Ok(())
     }
 
-    /// After the main file at the path was replaced: renames the `-wal` and
-    /// `-shm` that still belong to the old file aside
+    /// After the main file at the path was replaced, deleted or moved:
+    /// renames the `-wal` and `-shm` that still belong to the old file aside
     /// (`<name>.stale-<stamp>-<random>`), so that no connection ever opens the
-    /// new file with the old file's write-ahead log and replays it. Never
-    /// deletes anything. Returns the new names.
+    /// new file (a restore, or the file a restarted process creates) with
+    /// the old file's write-ahead log and replays it. Never deletes
+    /// anything. Returns the new names.
     pub(crate) fn move_aside_stale_companions(&self) -> io::Result<Vec<PathBuf>> {
         match std::fs::metadata(&self.path) {
             // The main file is still ours: its companions are too.

@@ -477,3 +477,44 @@ async fn a_panicking_reopen_gives_up() -> TestResult {
     assert!(live.has_given_up() && !live.is_healing());
     Ok(())
 }
+
+/// Issue 9.1, one restart later (found by the review of this change): WAL
+/// mode, `rm app.db` alone, rescue and give-up. The operator then restores a
+/// backup at the path and the supervisor restarts the process: the restart
+/// must not open the restore with the dead file's `-wal`, so the crate sets
+/// it aside (renamed, never deleted) before it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_leaves_no_stale_wal_for_the_next_process() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, _reopens, mut exits) = open_live(&db, |b| b).await?;
+    for i in 0..40 {
+        insert(&live.pool(), &format!("live {i}")).await?;
+    }
+    warm(&live.pool()).await?;
+    std::fs::remove_file(&db.path)?;
+
+    let Outcome::GaveUp(gave_up) = check_now(&live).await? else {
+        return Err(format!("expected a give-up, got {:?}", live.status()).into());
+    };
+    assert!(exits.next().await.is_some());
+    assert_eq!(
+        count_in_file(&gave_up.rescue.ok_or("no rescue")?).await?,
+        40
+    );
+    assert_eq!(files_starting(&db.dir, "app.db-wal.stale-")?.len(), 1);
+    tokio::time::timeout(WAIT, live.close()).await?;
+    drop(live);
+
+    // The restore, then the restarted process.
+    let restore = backup(&db, "backup.db", 7).await?;
+    std::fs::rename(&restore, &db.path)?;
+    let restarted = SqlitePool::connect_with(db.options()).await?;
+    let rows = common::count(&restarted).await?;
+    restarted.close().await;
+    assert_eq!(
+        rows, 7,
+        "the restarted process read the restore through the dead -wal"
+    );
+    assert_eq!(count_in_file(&db.path).await?, 7);
+    Ok(())
+}

@@ -14,89 +14,12 @@ mod example_support;
 mod layer_support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::TestResult;
+use common::{SmallDisk, TestResult};
 use example_support::{BoxError, Example};
 use layer_support::Http;
 use sqlx::sqlite::SqliteConnectOptions;
-
-/// A small filesystem mounted on a temporary directory, unmounted on drop.
-struct SmallDisk {
-    mount_point: PathBuf,
-    // Dropped after the unmount (fields drop after `Drop::drop`).
-    _root: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size_kib: u32) -> Result<Self, BoxError> {
-        let root = tempfile::tempdir()?;
-        let mount_point = root.path().join("disk");
-        std::fs::create_dir(&mount_point)?;
-        let tmpfs = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size_kib}k,mode=0700"))
-            .arg("tmpfs")
-            .arg(&mount_point)
-            .output()?;
-        if tmpfs.status.success() {
-            return Ok(SmallDisk {
-                mount_point,
-                _root: root,
-            });
-        }
-        // No tmpfs (e.g. an unprivileged container): an ext2 image on a loop device.
-        let image = root.path().join("disk.img");
-        std::fs::File::create(&image)?.set_len(u64::from(size_kib) * 1024)?;
-        let mkfs = Command::new("mkfs.ext2")
-            .arg("-q")
-            .arg("-F")
-            .arg(&image)
-            .output()?;
-        let looped = mkfs.status.success().then(|| {
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount_point)
-                .output()
-        });
-        match looped {
-            Some(Ok(out)) if out.status.success() => Ok(SmallDisk {
-                mount_point,
-                _root: root,
-            }),
-            other => Err(format!(
-                "this test needs a small real filesystem and could mount neither a tmpfs ({}) \
-                 nor a loop-mounted ext2 image (mkfs: {}; mount: {:?})",
-                String::from_utf8_lossy(&tmpfs.stderr).trim(),
-                String::from_utf8_lossy(&mkfs.stderr).trim(),
-                other.map(|r| r.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())),
-            )
-            .into()),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.mount_point
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.mount_point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a test failed with the example running): detach it.
-            let _ = Command::new("umount")
-                .arg("--lazy")
-                .arg(&self.mount_point)
-                .status();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_note_answered_201_is_stored_when_the_disk_fills() -> TestResult {

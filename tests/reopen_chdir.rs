@@ -1,8 +1,8 @@
-//! Issue 9.2: a relative database path followed by a `chdir`. The reopen
-//! must reattach the file that was opened, not follow the relative path
-//! into the new working directory (where it would create an empty
-//! database). One test in this binary: it changes the process's working
-//! directory.
+//! Issue 9.2: a relative database path followed by a `chdir`. Neither the
+//! pool's new connections nor a reopen may follow the relative path into
+//! the new working directory (where `create_if_missing` would create an
+//! empty database). One test in this binary: it changes the process's
+//! working directory.
 
 mod common;
 
@@ -35,9 +35,39 @@ async fn a_relative_path_is_reattached_after_a_chdir() -> TestResult {
     warm(&live.pool()).await?;
 
     std::env::set_current_dir(second.path())?;
+    let result = after_the_chdir(&live, first.path(), second.path()).await;
+    std::env::set_current_dir(started_in)?;
+    result
+}
+
+async fn after_the_chdir(
+    live: &LivePool,
+    first: &std::path::Path,
+    second: &std::path::Path,
+) -> TestResult {
+    // A burst of requests: the pool opens new connections (found by the
+    // review of this change: they used to follow the relative path).
+    let pool = live.pool();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await?);
+    }
+    for (i, conn) in held.iter_mut().enumerate() {
+        sqlx::query("INSERT INTO notes(body) VALUES (?)")
+            .bind(format!("burst {i}"))
+            .execute(&mut **conn)
+            .await?;
+    }
+    drop(held);
+    assert!(
+        !second.join("app.db").exists(),
+        "the pool created a database in the new directory"
+    );
+    assert_eq!(count(&live.pool()).await?, 5);
+
     // A restore of the database in the first directory: the same schema,
     // three rows.
-    let backup = first.path().join("backup.db");
+    let backup = first.join("backup.db");
     let pool = SqlitePool::connect_with(
         SqliteConnectOptions::new()
             .filename(&backup)
@@ -49,23 +79,18 @@ async fn a_relative_path_is_reattached_after_a_chdir() -> TestResult {
         insert(&pool, &format!("restored {i}")).await?;
     }
     pool.close().await;
-    std::fs::rename(&backup, first.path().join("app.db"))?;
+    std::fs::rename(&backup, first.join("app.db"))?;
 
     let outcome = tokio::time::timeout(Duration::from_secs(30), live.check_file())
         .await?
         .ok_or("the file check found nothing")?;
-    let result = async {
-        let Outcome::Healed(_) = outcome else {
-            return Err(format!("expected a heal, got {outcome:?}").into());
-        };
-        assert_eq!(count(&live.pool()).await?, 3, "the restore is served");
-        assert!(
-            !second.path().join("app.db").exists(),
-            "the reopen followed the relative path into the new directory"
-        );
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    std::env::set_current_dir(started_in)?;
-    result
+    let Outcome::Healed(_) = outcome else {
+        return Err(format!("expected a heal, got {outcome:?}").into());
+    };
+    assert_eq!(count(&live.pool()).await?, 3, "the restore is served");
+    assert!(
+        !second.join("app.db").exists(),
+        "the reopen followed the relative path into the new directory"
+    );
+    Ok(())
 }

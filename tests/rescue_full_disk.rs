@@ -13,11 +13,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Exits, TestDb, TestResult, create_table, insert, warm};
+use common::{Exits, SmallDisk, TestDb, TestResult, create_table, insert, warm};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{
@@ -27,83 +26,6 @@ use tower_db_liveness::{
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A small filesystem mounted on a temporary directory, unmounted on drop.
-/// (The same mount as `tests/full_disk.rs`, which keeps its own private.)
-struct SmallDisk {
-    mount_point: PathBuf,
-    // Dropped after the unmount (fields drop after `Drop::drop`).
-    _root: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size_kib: u32) -> Result<Self, BoxError> {
-        let root = tempfile::tempdir()?;
-        let mount_point = root.path().join("disk");
-        std::fs::create_dir(&mount_point)?;
-        let tmpfs = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size_kib}k,mode=0700"))
-            .arg("tmpfs")
-            .arg(&mount_point)
-            .output()?;
-        if tmpfs.status.success() {
-            return Ok(SmallDisk {
-                mount_point,
-                _root: root,
-            });
-        }
-        // No tmpfs (e.g. an unprivileged container): an ext2 image on a loop device.
-        let image = root.path().join("disk.img");
-        std::fs::File::create(&image)?.set_len(u64::from(size_kib) * 1024)?;
-        let mkfs = Command::new("mkfs.ext2")
-            .arg("-q")
-            .arg("-F")
-            .arg(&image)
-            .output()?;
-        let looped = mkfs.status.success().then(|| {
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount_point)
-                .output()
-        });
-        match looped {
-            Some(Ok(out)) if out.status.success() => Ok(SmallDisk {
-                mount_point,
-                _root: root,
-            }),
-            other => Err(format!(
-                "this test needs a small real filesystem and could mount neither a tmpfs ({}) \
-                 nor a loop-mounted ext2 image (mkfs: {}; mount: {:?})",
-                String::from_utf8_lossy(&tmpfs.stderr).trim(),
-                String::from_utf8_lossy(&mkfs.stderr).trim(),
-                other.map(|r| r.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())),
-            )
-            .into()),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.mount_point
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.mount_point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a connection not closed yet): detach it.
-            let _ = Command::new("umount")
-                .arg("--lazy")
-                .arg(&self.mount_point)
-                .status();
-        }
-    }
-}
 
 /// Writes `path` until the filesystem refuses with ENOSPC, and keeps it.
 /// Returns how many bytes it holds.

@@ -210,14 +210,16 @@ impl LivePoolBuilder {
         let (pool, configured, reopen) = match self.source {
             Source::Options { connect, pool } => {
                 let configured = configured_path(&connect);
-                let first = pool.as_ref().clone().connect_with(*connect.clone()).await?;
-                // A reopen reattaches the file that was opened: by its absolute
-                // path (a later chdir must not move it) and, unless allowed,
-                // without creating it.
-                let mut reopen_options = connect.as_ref().clone().create_if_missing(creates);
+                // Every connection, the first pool's included, opens the
+                // absolute path: a later chdir must not move the database.
+                let mut connect = *connect;
                 if let Some(path) = &configured {
-                    reopen_options = reopen_options.filename(path);
+                    connect = connect.filename(path);
                 }
+                let first = pool.as_ref().clone().connect_with(connect.clone()).await?;
+                // A reopen reattaches the file that was opened and, unless
+                // allowed, never creates it.
+                let reopen_options = connect.create_if_missing(creates);
                 let reopen: ReopenFn = Arc::new(move || {
                     let (pool, connect) = (pool.as_ref().clone(), reopen_options.clone());
                     Box::pin(async move { pool.connect_with(connect).await })
@@ -225,7 +227,15 @@ impl LivePoolBuilder {
                 (first, configured, reopen)
             }
             Source::Pool { pool, reopen } => {
-                let configured = configured_path(&pool.connect_options());
+                let options = pool.connect_options();
+                if options.get_filename().is_relative() && configured_path(&options).is_some() {
+                    tracing::warn!(
+                        path = %options.get_filename().display(),
+                        "the pool's database path is relative: after a chdir, its new \
+                         connections open another file; give SqliteConnectOptions an absolute path"
+                    );
+                }
+                let configured = configured_path(&options);
                 (pool, configured, reopen)
             }
         };

@@ -173,7 +173,10 @@ impl Generation {
 /// databases.
 pub(crate) fn configured_path(options: &sqlx::sqlite::SqliteConnectOptions) -> Option<PathBuf> {
     let name = options.get_filename();
-    if name.as_os_str().is_empty() || name == Path::new(":memory:") {
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>` (a URI);
+    // `:memory:` and an empty name are SQLite's own.
+    let uri_or_memory = name.to_str().is_some_and(|n| n.starts_with("file:"));
+    if name.as_os_str().is_empty() || name == Path::new(":memory:") || uri_or_memory {
         return None;
     }
     std::path::absolute(name).ok()

@@ -207,20 +207,21 @@ impl Inner {
         let Some(file) = current.file.clone() else {
             return Outcome::Ignored(ErrorClass::Transient);
         };
-        let checked = blocking::run(FS_BOUND, move || (file.check(), descriptors())).await;
+        let checked = blocking::run(FS_BOUND, move || (file.check(), out_of_descriptors())).await;
         match checked {
             Ok((Err(file_fault), _)) => self.fatal(generation, Fault::File(file_fault)).await,
-            Ok((Ok(()), descriptors)) => {
-                match descriptors {
-                    Some((open, limit)) if open + 16 >= limit => tracing::warn!(
-                        class = "transient", code = fault.code(), open, limit, %fault, action = "none",
-                        "out of file descriptors: a new database connection could not be opened"
-                    ),
-                    _ => tracing::warn!(
-                        class = "transient", code = fault.code(), %fault, action = "none",
-                        "CANTOPEN while the database file is intact: another file, or a descriptor shortage"
-                    ),
-                }
+            Ok((Ok(()), true)) => {
+                tracing::warn!(
+                    class = "transient", code = fault.code(), %fault, action = "none",
+                    "out of file descriptors: a new database connection could not be opened"
+                );
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+            Ok((Ok(()), false)) => {
+                tracing::warn!(
+                    class = "transient", code = fault.code(), %fault, action = "none",
+                    "CANTOPEN while the database file is intact: another file, or a descriptor shortage"
+                );
                 Outcome::Ignored(ErrorClass::Transient)
             }
             Err(stuck) => {
@@ -363,7 +364,10 @@ impl Inner {
                     rescue,
                 );
             }
-            Some(FileFault::Replaced) => {
+            // The file at the path is not the one the companions belong to
+            // (or there is none): a restore, or a restart's new file, must
+            // never be opened with them.
+            Some(FileFault::Replaced | FileFault::Deleted | FileFault::Moved) => {
                 if let Some(file) = old.file.clone() {
                     self.set_stale_companions_aside(file).await;
                 }
@@ -812,18 +816,30 @@ fn panic_text(join: tokio::task::JoinError) -> String {
     format!("the reopen panicked: {text}")
 }
 
-/// Open descriptors and the soft limit, where `/proc` tells (Linux).
-fn descriptors() -> Option<(u64, u64)> {
-    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let limit = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some((open, limit))
+/// Whether the process is out of (or nearly out of) file descriptors, where
+/// `/proc` tells (Linux). Reading `/proc` needs a descriptor itself, so
+/// EMFILE from that read is the answer too.
+fn out_of_descriptors() -> bool {
+    const EMFILE: i32 = 24;
+    let emfile = |err: &std::io::Error| err.raw_os_error() == Some(EMFILE);
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        Ok(fds) => fds.count() as u64,
+        Err(err) => return emfile(&err),
+    };
+    let limits = match std::fs::read_to_string("/proc/self/limits") {
+        Ok(limits) => limits,
+        Err(err) => return emfile(&err),
+    };
+    let limit = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.trim_start_matches("Max open files")
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    limit.is_some_and(|limit| open + 16 >= limit)
 }
 
 /// The default exit action: `exit(code)` after `grace`, on a thread of its

@@ -255,3 +255,82 @@ pub async fn within<T>(
         .await
         .map_err(|_| format!("{what}: did not happen within {BOUND:?}").into())
 }
+
+/// A small real filesystem (a tmpfs; where mounting one is not permitted,
+/// a loop-mounted ext2 image), for full-disk faults. Tests fail, never
+/// skip, when neither can be mounted.
+/// A small filesystem mounted on a temporary directory, unmounted on drop.
+pub struct SmallDisk {
+    mount_point: PathBuf,
+    // Dropped after the unmount (fields drop after `Drop::drop`).
+    _root: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size_kib: u32) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let root = tempfile::tempdir()?;
+        let mount_point = root.path().join("disk");
+        std::fs::create_dir(&mount_point)?;
+        let tmpfs = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size_kib}k,mode=0700"))
+            .arg("tmpfs")
+            .arg(&mount_point)
+            .output()?;
+        if tmpfs.status.success() {
+            return Ok(SmallDisk {
+                mount_point,
+                _root: root,
+            });
+        }
+        // No tmpfs (e.g. an unprivileged container): an ext2 image on a loop device.
+        let image = root.path().join("disk.img");
+        std::fs::File::create(&image)?.set_len(u64::from(size_kib) * 1024)?;
+        let mkfs = std::process::Command::new("mkfs.ext2")
+            .arg("-q")
+            .arg("-F")
+            .arg(&image)
+            .output()?;
+        let looped = mkfs.status.success().then(|| {
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mount_point)
+                .output()
+        });
+        match looped {
+            Some(Ok(out)) if out.status.success() => Ok(SmallDisk {
+                mount_point,
+                _root: root,
+            }),
+            other => Err(format!(
+                "this test needs a small real filesystem and could mount neither a tmpfs ({}) \
+                 nor a loop-mounted ext2 image (mkfs: {}; mount: {:?})",
+                String::from_utf8_lossy(&tmpfs.stderr).trim(),
+                String::from_utf8_lossy(&mkfs.stderr).trim(),
+                other.map(|r| r.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())),
+            )
+            .into()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a test failed with a process or connection on it): detach it.
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&self.mount_point)
+                .status();
+        }
+    }
+}
