@@ -88,7 +88,7 @@ struct Companion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
+pub(crate) struct FileId {
     dev: u64,
     ino: u64,
 }
@@ -100,8 +100,23 @@ const COMPANIONS: [&str; 2] = ["-wal", "-shm"];
 impl DbFile {
     /// Records the identity of the file now at `path` (as SQLite reports it)
     /// and of the companions next to it, reached through `configured`.
-    pub(crate) fn record(configured: PathBuf, path: PathBuf) -> io::Result<Self> {
+    ///
+    /// Fails when this process has the path open on another file than the
+    /// one now at the path, other than the `retired` files of earlier
+    /// generations: the file was replaced while the pool was being opened,
+    /// and its connections would be on a file nobody checks.
+    pub(crate) fn record(
+        configured: PathBuf,
+        path: PathBuf,
+        retired: &[FileId],
+    ) -> io::Result<Self> {
         let id = file_id(&std::fs::metadata(&path)?);
+        if other_open_file(&path, id, retired) {
+            return Err(io::Error::other(format!(
+                "{} was replaced while the pool was being opened: some of its connections are on the old file",
+                path.display()
+            )));
+        }
         let companions = COMPANIONS
             .iter()
             .filter_map(|&suffix| {
@@ -128,6 +143,11 @@ impl DbFile {
     /// The path as configured, absolute.
     pub(crate) fn configured(&self) -> &Path {
         &self.configured
+    }
+
+    /// The identity recorded for the main file.
+    pub(crate) fn id(&self) -> FileId {
+        self.id
     }
 
     /// Compares the recorded identities with what the paths lead to now.
@@ -220,6 +240,29 @@ impl DbFile {
     }
 }
 
+/// Whether this process has `path` (or `path`, deleted) open on a file that
+/// is neither `id` nor one of `retired` (Linux: `/proc/self/fd`; elsewhere
+/// nothing can tell, and nothing is found).
+fn other_open_file(path: &Path, id: FileId, retired: &[FileId]) -> bool {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let mut deleted = path.as_os_str().to_owned();
+    deleted.push(" (deleted)");
+    fds.flatten().any(|fd| {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            return false;
+        };
+        if target != path && target.as_os_str() != deleted {
+            return false;
+        }
+        // `metadata` follows the fd link to the open inode, even an unlinked one.
+        std::fs::metadata(fd.path())
+            .map(|meta| file_id(&meta))
+            .is_ok_and(|open| open != id && !retired.contains(&open))
+    })
+}
+
 /// `<path><suffix>`: where SQLite keeps a companion file.
 pub(crate) fn companion(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -270,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("a.db");
         std::fs::write(&path, b"x")?;
-        let file = DbFile::record(path.clone(), path.clone())?;
+        let file = DbFile::record(path.clone(), path.clone(), &[])?;
         assert_eq!(file.check(), Ok(()));
 
         // Keep the file open so its inode outlives the unlink, as SQLite does.

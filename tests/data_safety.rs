@@ -518,3 +518,34 @@ async fn a_give_up_leaves_no_stale_wal_for_the_next_process() -> TestResult {
     assert_eq!(count_in_file(&db.path).await?, 7);
     Ok(())
 }
+
+/// Found by the review of this change: a restore that lands between the
+/// app's own pool opening and `LivePool::open` (or during a heal's reopen).
+/// The identity is read from the path, but the pool's connections are on
+/// the old file: the open is refused instead of watching the wrong file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_while_the_pool_opens_is_refused() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let pool = TestDb::pool_options().connect_with(db.options()).await?;
+    create_table(&pool).await?;
+    insert(&pool, "before the restore").await?;
+    let restore = backup(&db, "backup.db", 2).await?;
+    std::fs::rename(&restore, &db.path)?;
+
+    let (_calls, reopen) = common::counting_reopen(db.options());
+    let opened = LivePool::builder_with_pool(pool, reopen)
+        .watchdog_interval(None)
+        .open()
+        .await;
+    match opened {
+        Err(err) => assert!(
+            err.to_string()
+                .contains("was replaced while the pool was being opened"),
+            "{err}"
+        ),
+        Ok(live) => {
+            return Err(format!("opened on the wrong file: {:?}", live.status()).into());
+        }
+    }
+    Ok(())
+}

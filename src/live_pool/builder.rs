@@ -239,7 +239,7 @@ impl LivePoolBuilder {
                 (pool, configured, reopen)
             }
         };
-        let first = Generation::open(pool, 0, configured, None).await?;
+        let first = Generation::open(pool, 0, configured, Vec::new(), None).await?;
         Ok(LivePool::start(first, reopen, self.config))
     }
 }

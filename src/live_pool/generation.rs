@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::blocking;
-use crate::identity::DbFile;
+use crate::identity::{DbFile, FileId};
 
 /// How long the filesystem calls of a verification may take.
 pub(crate) const FS_BOUND: Duration = Duration::from_secs(2);
@@ -93,9 +93,10 @@ impl Generation {
         pool: SqlitePool,
         number: u64,
         configured: Option<PathBuf>,
+        retired: Vec<FileId>,
         healed_at: Option<Instant>,
     ) -> Result<Self, sqlx::Error> {
-        match Self::verify(&pool, configured).await {
+        match Self::verify(&pool, configured, retired).await {
             Ok((file, schema, sentinel)) => Ok(Generation {
                 number,
                 pool,
@@ -129,6 +130,7 @@ impl Generation {
     async fn verify(
         pool: &SqlitePool,
         configured: Option<PathBuf>,
+        retired: Vec<FileId>,
     ) -> Result<(Option<DbFile>, Schema, Option<SqliteConnection>), sqlx::Error> {
         // An exclusive-mode connection keeps its lock for ever: the sentinel
         // could never read, and a rescue never run.
@@ -159,7 +161,7 @@ impl Generation {
         }
         let path = PathBuf::from(path);
         let configured = configured.unwrap_or_else(|| path.clone());
-        let file = blocking::run(FS_BOUND, move || DbFile::record(configured, path))
+        let file = blocking::run(FS_BOUND, move || DbFile::record(configured, path, &retired))
             .await
             .map_err(|stuck| {
                 sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, stuck))

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::blocking;
 use crate::classify::ErrorClass;
-use crate::identity::{DbFile, FileFault};
+use crate::identity::{DbFile, FileFault, FileId};
 use crate::rescue;
 
 /// How long the give-up hooks together may delay the exit action.
@@ -42,6 +42,9 @@ pub(crate) struct Inner {
     give_up_hooks: Mutex<Vec<GiveUpHook>>,
     /// Dead generations being sealed or closed in the background.
     retiring: Mutex<Vec<JoinHandle<()>>>,
+    /// The files of replaced generations: their connections may still be
+    /// open (stragglers, the sealed sentinel), and are no finding.
+    retired_files: Mutex<Vec<FileId>>,
     /// Dropped with the last handle, which stops the watchdog at once.
     _stop_watchdog: Option<oneshot::Sender<()>>,
 }
@@ -110,6 +113,7 @@ impl Inner {
             config,
             give_up_hooks: Mutex::new(Vec::new()),
             retiring: Mutex::new(Vec::new()),
+            retired_files: Mutex::new(Vec::new()),
             _stop_watchdog: stop_watchdog,
         }
     }
@@ -481,10 +485,21 @@ impl Inner {
                 .await
                 .map_err(|join| GiveUpReason::ReopenFailed(panic_text(join)))?
                 .map_err(|err| GiveUpReason::ReopenFailed(err.to_string()))?;
+            let retired = {
+                let mut retired = self
+                    .retired_files
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(file) = &old.file {
+                    retired.push(file.id());
+                }
+                retired.clone()
+            };
             let new = Generation::open(
                 pool,
                 old.number + 1,
                 configured.clone(),
+                retired,
                 Some(Instant::now()),
             )
             .await
