@@ -372,8 +372,11 @@ impl Inner {
             // (or there is none): a restore, or a restart's new file, must
             // never be opened with them.
             Some(FileFault::Replaced | FileFault::Deleted | FileFault::Moved) => {
-                if let Some(file) = old.file.clone() {
-                    self.set_stale_companions_aside(file).await;
+                if let Some(file) = old.file.clone()
+                    && let Err(why) = set_stale_companions_aside(file).await
+                {
+                    // Opening the file at the path now would replay them.
+                    return (Err(GiveUpReason::ReopenFailed(why)), rescue);
                 }
             }
             _ => {}
@@ -383,24 +386,6 @@ impl Inner {
         }
         let schema = old.schema_now().await;
         (self.reopen(old, &schema).await, rescue)
-    }
-
-    /// A restored file must never be opened with the write-ahead log of the
-    /// file it replaced: SQLite would replay the old frames into it.
-    async fn set_stale_companions_aside(&self, file: DbFile) {
-        match blocking::run(FS_BOUND, move || file.move_aside_stale_companions()).await {
-            Ok(Ok(moved)) => {
-                for aside in moved {
-                    tracing::warn!(moved_to = %aside.display(), "the replaced database's -wal/-shm were set aside, so the new file is opened without them");
-                }
-            }
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "could not set the replaced database's -wal/-shm aside")
-            }
-            Err(stuck) => {
-                tracing::error!(error = %stuck, "could not set the replaced database's -wal/-shm aside")
-            }
-        }
     }
 
     /// Rescues what the dead handle sees, retrying until a rescue is saved,
@@ -701,6 +686,31 @@ impl Drop for HealGuard {
         });
         let _ = done.send(Some(Outcome::GaveUp(gave_up.clone())));
         self.inner.run_exit_action(&gave_up);
+    }
+}
+
+/// A restored file (or the one a restarted process creates) must never be
+/// opened with the write-ahead log of the file it replaced: SQLite would
+/// replay the old frames into it. Sets the old file's `-wal`/`-shm` aside;
+/// the error says what the operator must do when that fails.
+async fn set_stale_companions_aside(file: DbFile) -> Result<(), String> {
+    let path = file.path().display().to_string();
+    let failed = |err: &dyn std::fmt::Display| {
+        tracing::error!(error = %err, "could not set the old database's -wal/-shm aside");
+        format!(
+            "the old database's -wal/-shm could not be set aside ({err}): \
+             move {path}-wal and {path}-shm away before the database is opened again"
+        )
+    };
+    match blocking::run(FS_BOUND, move || file.move_aside_stale_companions()).await {
+        Ok(Ok(moved)) => {
+            for aside in moved {
+                tracing::warn!(moved_to = %aside.display(), "the old database's -wal/-shm were set aside, so the file at the path is opened without them");
+            }
+            Ok(())
+        }
+        Ok(Err(err)) => Err(failed(&err)),
+        Err(stuck) => Err(failed(&stuck)),
     }
 }
 
