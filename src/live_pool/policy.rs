@@ -322,6 +322,9 @@ impl Inner {
         old: &Arc<Generation>,
         fault: &Fault,
     ) -> (Result<Generation, GiveUpReason>, Option<PathBuf>) {
+        // Read while the sentinel is free: a seal that goes on in the
+        // background keeps it until the last straggler has committed.
+        let schema = old.schema_now().await;
         let file_fault = match fault {
             Fault::File(file) => Some(*file),
             Fault::Error { .. } => match old.file.clone() {
@@ -384,7 +387,6 @@ impl Inner {
         if let Some(reason) = self.budget_exceeded(old) {
             return (Err(reason), rescue);
         }
-        let schema = old.schema_now().await;
         (self.reopen(old, &schema).await, rescue)
     }
 
