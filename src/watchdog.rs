@@ -63,7 +63,7 @@ async fn run(
         // must be free to drop meanwhile.
         let (number, file) = {
             let Some(inner) = inner.upgrade() else { return };
-            if inner.gave_up() {
+            if inner.gave_up() || inner.is_closed() {
                 return;
             }
             let current = inner.current();

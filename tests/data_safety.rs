@@ -549,3 +549,32 @@ async fn a_file_replaced_while_the_pool_opens_is_refused() -> TestResult {
     }
     Ok(())
 }
+
+/// A graceful shutdown: closing the last connections makes SQLite delete
+/// its `-wal` and `-shm`. The closed `LivePool` must not read that as a
+/// fault and give up (exit 1 instead of 0 after SIGTERM, as `layer_axum`'s
+/// SIGTERM test once found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_live_pool_does_not_take_its_own_clean_up_for_a_fault() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, reopens, mut exits) = open_live(&db, |b| b).await?;
+    insert(&live.pool(), "row").await?;
+    tokio::time::timeout(WAIT, live.close()).await?;
+    assert!(
+        !common::companion(&db.path, "-wal").exists(),
+        "premise: the last close removed the -wal"
+    );
+    let outcome = check_now(&live).await?;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Ignored(tower_db_liveness::ErrorClass::Fatal)
+        ),
+        "{outcome:?}"
+    );
+    assert!(!live.has_given_up());
+    assert_eq!(reopens.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(exits.count_now(), 0);
+    assert_eq!(count_in_file(&db.path).await?, 1);
+    Ok(())
+}

@@ -500,8 +500,8 @@ impl LivePool {
         }
     }
 
-    /// Closes the pool in service and waits until every replaced generation
-    /// is sealed, rescued and closed: call it before the process exits, after
+    /// Closes the pool in service (no finding heals it any more) and waits
+    /// until every replaced generation is sealed, rescued and closed: call it before the process exits, after
     /// a graceful shutdown has drained the requests in flight, so that a
     /// write committed on a dead file during the drain is in a rescue.
     ///
@@ -518,6 +518,9 @@ impl LivePool {
     /// Waits at most the rescue timeout for the background work, and the
     /// close timeout for the pool's connections.
     pub async fn close(&self) {
+        // First: closing the last connections deletes the -wal and -shm,
+        // which the watchdog must not take for a fault.
+        self.inner.mark_closed();
         let retiring = self.inner.take_retiring();
         let config = &self.inner.config;
         let all = async {

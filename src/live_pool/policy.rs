@@ -45,6 +45,10 @@ pub(crate) struct Inner {
     /// The files of replaced generations: their connections may still be
     /// open (stragglers, the sealed sentinel), and are no finding.
     retired_files: Mutex<Vec<FileId>>,
+    /// Set by [`LivePool::close`](super::LivePool::close): closing the last
+    /// connections deletes the `-wal`/`-shm` (SQLite's own clean-up), which
+    /// must not read as a fault.
+    closed: std::sync::atomic::AtomicBool,
     /// Dropped with the last handle, which stops the watchdog at once.
     _stop_watchdog: Option<oneshot::Sender<()>>,
 }
@@ -114,6 +118,7 @@ impl Inner {
             give_up_hooks: Mutex::new(Vec::new()),
             retiring: Mutex::new(Vec::new()),
             retired_files: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             _stop_watchdog: stop_watchdog,
         }
     }
@@ -139,6 +144,15 @@ impl Inner {
 
     pub(crate) fn gave_up(&self) -> bool {
         self.state.load(Ordering::Acquire) & GAVE_UP != 0
+    }
+
+    /// `true` once the application has closed the `LivePool`.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     fn policy(&self) -> MutexGuard<'_, Policy> {
@@ -243,6 +257,10 @@ impl Inner {
         let current = self.generation();
         match &policy.phase {
             Phase::GaveUp(gave_up) => Joined::Done(Outcome::GaveUp(gave_up.clone())),
+            _ if self.is_closed() => {
+                tracing::debug!(class = "fatal", code = fault.code(), generation, %fault, action = "none", "the LivePool is closed: no heal");
+                Joined::Done(Outcome::Ignored(ErrorClass::Fatal))
+            }
             _ if generation < current => {
                 tracing::debug!(class = "fatal", code = fault.code(), generation, current, %fault, action = "stale", "fatal error from a replaced pool");
                 Joined::Done(Outcome::Stale {
