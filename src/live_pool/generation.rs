@@ -118,12 +118,22 @@ impl Generation {
     /// after the pool is open.
     pub(crate) async fn schema_now(&self) -> Schema {
         let mut sentinel = self.sentinel.lock().await;
-        match sentinel.as_mut() {
-            Some(conn) => Schema::read(conn).await.unwrap_or_else(|err| {
+        let Some(conn) = sentinel.as_mut() else {
+            return self.schema.clone();
+        };
+        // Bounded: a read on a hung mount must not hold the heal for ever.
+        match tokio::time::timeout(FS_BOUND, Schema::read(conn)).await {
+            Ok(Ok(schema)) => schema,
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "the dead database's schema could not be read; using the one recorded at open");
                 self.schema.clone()
-            }),
-            None => self.schema.clone(),
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the dead database's schema did not answer; using the one recorded at open"
+                );
+                self.schema.clone()
+            }
         }
     }
 

@@ -811,16 +811,19 @@ async fn seal_loop(
 
 /// `PRAGMA data_version`: changes when another connection commits.
 async fn data_version(conn: &mut SqliteConnection) -> Option<i64> {
-    sqlx::query_scalar("PRAGMA data_version")
-        .fetch_one(&mut *conn)
-        .await
-        .ok()
+    let read = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut *conn);
+    tokio::time::timeout(FS_BOUND, read).await.ok()?.ok()
 }
 
 /// Takes the write lock on the sentinel and keeps it if nothing was
 /// committed since `before` was read.
 async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
-    match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    // Bounded: on a hung mount the lock attempt itself may not return.
+    let begin = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn);
+    let Ok(begun) = tokio::time::timeout(FS_BOUND, begin).await else {
+        return Seal::Busy;
+    };
+    match begun {
         Ok(_) => {}
         Err(err) if crate::classify::classify(&err) == ErrorClass::Transient => return Seal::Busy,
         // Writes fail on this handle anyway (1032 after a move in DELETE mode).
