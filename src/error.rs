@@ -2,7 +2,8 @@
 //!
 //! A framework turns a handler's error into a response before any tower
 //! layer sees it, and the `sqlx::Error` is lost on the way. [`DbError`] (with
-//! the `axum` feature), [`mark_response`] (any `http::Response`) and
+//! the `axum` feature), [`ErrorMark`] (your own error type),
+//! [`mark_response`] (any `http::Response`) and
 //! `status_from_sqlx` (with the `tonic` feature) keep what the
 //! [`DbLivenessLayer`](crate::DbLivenessLayer) needs: the error's class, its
 //! SQLite result code and its text.
@@ -42,6 +43,10 @@ use crate::classify::{ErrorClass, classify, result_code};
 ///
 /// `Display` names the class only; the `sqlx::Error` is the
 /// [`source`](StdError::source).
+///
+/// An application with its own error enum (`RowNotFound` → 404, a unique
+/// violation → 409, …) keeps an [`ErrorMark`] in its database variant
+/// instead; see "Your own error enum" in the [guide](crate::guide).
 #[derive(Debug)]
 pub struct DbError {
     inner: sqlx::Error,
@@ -114,14 +119,82 @@ impl StdError for DbError {
 /// # }
 /// ```
 pub fn mark_response<B>(response: &mut http::Response<B>, err: &sqlx::Error) {
-    response.extensions_mut().insert(Marked {
-        class: classify(err),
-        code: result_code(err),
-        message: err.to_string(),
-    });
+    ErrorMark::new(err).attach(response);
 }
 
-/// What [`mark_response`] leaves for the layer. Crate-private so that only a
+/// What the [`DbLivenessLayer`](crate::DbLivenessLayer) needs from a
+/// `sqlx::Error` (its class, SQLite result code and text), taken early and
+/// attached to the response later: for an application with its own error
+/// enum, whose `IntoResponse` no longer has the `sqlx::Error`.
+///
+/// Take it where the `sqlx::Error` is converted (`ErrorMark::from(&err)`),
+/// keep it in your error variant (it is `Clone`, `Send` and `Sync`) and
+/// attach it to the response: [`attach`](Self::attach), or, with the `axum`
+/// feature, as a response part (`(status, mark, body).into_response()`).
+/// See "Your own error enum" in the [guide](crate::guide).
+///
+/// ```
+/// use tower_db_liveness::{ErrorClass, ErrorMark};
+///
+/// let mark = ErrorMark::from(&sqlx::Error::PoolTimedOut);
+/// assert_eq!(mark.class(), ErrorClass::Transient);
+/// assert_eq!(mark.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+/// let mut response = http::Response::new("try again later");
+/// *response.status_mut() = mark.status();
+/// mark.attach(&mut response); // the layer reads it from the extensions
+/// ```
+#[derive(Clone, Debug)]
+pub struct ErrorMark(Marked);
+
+impl ErrorMark {
+    /// Takes the mark of `err`.
+    pub fn new(err: &sqlx::Error) -> Self {
+        ErrorMark(Marked {
+            class: classify(err),
+            code: result_code(err),
+            message: err.to_string(),
+        })
+    }
+
+    /// How the liveness policy treats the error.
+    pub fn class(&self) -> ErrorClass {
+        self.0.class
+    }
+
+    /// The status [`DbError`] would answer with: `503` for fatal and
+    /// transient errors, `500` otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        status_for(self.0.class)
+    }
+
+    /// Records the mark in `response`'s extensions, where the layer finds it.
+    pub fn attach<B>(&self, response: &mut http::Response<B>) {
+        response.extensions_mut().insert(self.0.clone());
+    }
+}
+
+impl From<&sqlx::Error> for ErrorMark {
+    fn from(err: &sqlx::Error) -> Self {
+        ErrorMark::new(err)
+    }
+}
+
+/// `(status, mark, body).into_response()`: the mark goes into the
+/// response's extensions.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponseParts for ErrorMark {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum_core::response::ResponseParts,
+    ) -> Result<axum_core::response::ResponseParts, Self::Error> {
+        parts.extensions_mut().insert(self.0);
+        Ok(parts)
+    }
+}
+
+/// What [`ErrorMark`] leaves for the layer. Crate-private so that only a
 /// real `sqlx::Error` can produce one.
 #[derive(Clone, Debug)]
 pub(crate) struct Marked {

@@ -23,9 +23,15 @@
 //! - [`DbLivenessLayer`] is how a service uses it: in any tower stack it
 //!   reports the database errors of responses and service errors to the
 //!   `LivePool` and holds requests while a reopen is in flight. Handlers
-//!   return [`DbError`] (axum), call [`mark_response`] (any `http::Response`)
+//!   return [`DbError`] (axum), keep an [`ErrorMark`] in their own error
+//!   type, call [`mark_response`] (any `http::Response`)
 //!   or build their `tonic::Status` with `status_from_sqlx` (tonic), so the
 //!   `sqlx::Error` survives the framework's error-to-response conversion.
+//!
+//! Adding it to an app that already exists (handlers on
+//! `State<SqlitePool>`, its own error enum, `sqlx::migrate!`,
+//! `#[sqlx::test]` tests)? Read the [guide]: no handler or test helper
+//! changes.
 //!
 //! # Quickstart: axum
 //!
@@ -171,8 +177,9 @@
 //! | feature | what it adds | extra dependencies |
 //! |---|---|---|
 //! | *(none)* | classification, `LivePool` and its policy, watchdog (polling), rescue, `DbLivenessLayer`, `HealthService`, `mark_response` | — |
-//! | `axum` | `IntoResponse` for [`DbError`] (axum 0.8) | `axum-core` |
+//! | `axum` | `IntoResponse` for [`DbError`], [`ErrorMark`] as a response part (axum 0.8) | `axum-core` |
 //! | `tonic` | `status_from_sqlx`, the layer reads `tonic::Status`, [`health::grpc`] bridge (tonic 0.14) | `tonic`, `tonic-health` |
+//! | `migrate` | [`LivePoolBuilder::migrations`]: run a `sqlx::migrate!()` migrator at open and on every reopen | `sqlx/migrate` |
 //! | `systemd` | `systemd::spawn_watchdog`: `WATCHDOG=1` while the probe does not fail | `sd-notify` |
 //! | `fs-watch` | the watchdog also watches the database's directory (inotify, kqueue, FSEvents) and reacts at once | `notify` |
 //!
@@ -254,6 +261,7 @@
 mod blocking;
 mod classify;
 mod error;
+pub mod guide;
 pub mod health;
 mod identity;
 mod layer;
@@ -267,7 +275,7 @@ mod watchdog;
 pub use classify::{ErrorClass, classify, classify_chain};
 #[cfg(feature = "tonic")]
 pub use error::status_from_sqlx;
-pub use error::{DbError, mark_response};
+pub use error::{DbError, ErrorMark, mark_response};
 pub use health::HealthService;
 pub use identity::FileFault;
 pub use layer::{

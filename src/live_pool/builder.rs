@@ -17,6 +17,8 @@ use crate::rescue::RescueConfig;
 pub struct LivePoolBuilder {
     source: Source,
     config: Config,
+    #[cfg(feature = "migrate")]
+    migrator: Option<&'static sqlx::migrate::Migrator>,
 }
 
 enum Source {
@@ -47,6 +49,8 @@ pub(crate) struct Config {
     #[cfg(feature = "fs-watch")]
     pub(crate) fs_watch: bool,
     pub(crate) rescue: RescueConfig,
+    /// [`LivePool::fixed`]: fatal errors are logged, never healed or exited.
+    pub(crate) fixed: bool,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             #[cfg(feature = "fs-watch")]
             fs_watch: true,
             rescue: RescueConfig::default(),
+            fixed: false,
         }
     }
 }
@@ -201,6 +206,37 @@ impl LivePoolBuilder {
         self
     }
 
+    /// Runs `migrator` on the first pool before it is verified, and on
+    /// every reopened pool before it is verified: the one-liner for an
+    /// application that runs `sqlx::migrate!()` at start-up (feature
+    /// `migrate`).
+    ///
+    /// ```no_run
+    /// use sqlx::migrate::Migrator;
+    /// use sqlx::sqlite::SqliteConnectOptions;
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// static MIGRATOR: Migrator = sqlx::migrate!("examples/adopt/migrations");
+    ///
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let options = SqliteConnectOptions::new().filename("app.db").create_if_missing(true);
+    /// let live = LivePool::builder(options).migrations(&MIGRATOR).open().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A migration error is a `sqlx::Error::Migrate`: from `open`, or, on a
+    /// reopen, a failed reopen (the policy gives up). A reopened database is
+    /// still verified against the one it replaces (every table, the
+    /// `user_version` and `application_id`): migrations that add tables or
+    /// columns pass, a migration that drops a table makes the policy give up.
+    #[cfg(feature = "migrate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
+    pub fn migrations(mut self, migrator: &'static sqlx::migrate::Migrator) -> Self {
+        self.migrator = Some(migrator);
+        self
+    }
+
     /// Opens (or adopts) the pool, verifies it and starts the watchdog.
     ///
     /// Must be called within a Tokio runtime. Fails with
@@ -239,12 +275,80 @@ impl LivePoolBuilder {
                 (pool, configured, reopen)
             }
         };
+        #[cfg(feature = "migrate")]
+        let reopen = match self.migrator {
+            Some(migrator) => {
+                migrator.run(&pool).await?;
+                with_migrations(reopen, migrator)
+            }
+            None => reopen,
+        };
         let first = Generation::open(pool, 0, configured, Vec::new(), None).await?;
         Ok(LivePool::start(first, reopen, self.config))
     }
 }
 
+/// `reopen`, then `migrator` on the new pool (closed again if they fail).
+#[cfg(feature = "migrate")]
+fn with_migrations(reopen: ReopenFn, migrator: &'static sqlx::migrate::Migrator) -> ReopenFn {
+    Arc::new(move || {
+        let opened = reopen();
+        Box::pin(async move {
+            let pool = opened.await?;
+            if let Err(err) = migrator.run(&pool).await {
+                pool.close().await;
+                return Err(err.into());
+            }
+            Ok(pool)
+        })
+    })
+}
+
 impl LivePool {
+    /// A `LivePool` around `pool` that never heals, watches or exits: for
+    /// tests (`#[sqlx::test]`) and synchronous router builders.
+    ///
+    /// Needs no runtime and runs no query. It skips everything
+    /// [`open`](LivePoolBuilder::open) does: no verification read, no
+    /// `locking_mode` check, no file identity recorded, no rescue
+    /// connection, no watchdog. The policy logs a fatal error and answers
+    /// [`Outcome::Ignored`](super::Outcome::Ignored)`(ErrorClass::Fatal)`:
+    /// no rescue, no reopen, no exit, the generation stays 0. The layer
+    /// still finds and reports errors, and [`HealthService`](crate::HealthService)
+    /// still reads the database (a failed read is `fail`).
+    ///
+    /// `#[sqlx::test]` deletes each test's database when the test returns,
+    /// while the server it spawned may still be running; with this
+    /// constructor nothing notices, rescues or exits.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), sqlx::Error> {
+    /// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// let live = LivePool::fixed(pool); // a test's pool, say
+    /// assert_eq!(live.generation(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn fixed(pool: SqlitePool) -> Self {
+        let config = Config {
+            fixed: true,
+            watchdog_interval: None,
+            ..Config::default()
+        };
+        // Never called: the policy does not heal a fixed pool.
+        let reopen: ReopenFn = Arc::new(|| {
+            Box::pin(async {
+                Err(sqlx::Error::Configuration(
+                    "a fixed LivePool never reopens".into(),
+                ))
+            })
+        });
+        LivePool::start(Generation::unverified(pool), reopen, config)
+    }
+
     /// Starts building a `LivePool` that connects with `options` and reopens
     /// with the same options.
     pub fn builder(options: SqliteConnectOptions) -> LivePoolBuilder {
@@ -254,6 +358,8 @@ impl LivePool {
                 pool: Box::new(SqlitePoolOptions::new()),
             },
             config: Config::default(),
+            #[cfg(feature = "migrate")]
+            migrator: None,
         }
     }
 
@@ -293,6 +399,8 @@ impl LivePool {
                 reopen: Arc::new(move || Box::pin(reopen())),
             },
             config: Config::default(),
+            #[cfg(feature = "migrate")]
+            migrator: None,
         }
     }
 

@@ -112,6 +112,20 @@ impl Generation {
         }
     }
 
+    /// `pool` taken as it is, with nothing verified or recorded: no file, no
+    /// sentinel, an empty schema. Only for [`LivePool::fixed`](super::LivePool::fixed),
+    /// whose policy never heals (there is nothing to rescue or compare).
+    pub(crate) fn unverified(pool: SqlitePool) -> Self {
+        Generation {
+            number: 0,
+            pool,
+            file: None,
+            schema: Schema::default(),
+            sentinel: tokio::sync::Mutex::new(None),
+            healed_at: None,
+        }
+    }
+
     /// The schema the generation has now, read through the sentinel (which
     /// still reaches a dead file); what was recorded at open otherwise.
     /// Read at heal time, because an application usually creates its tables

@@ -253,6 +253,10 @@ impl Inner {
     /// gave-up, stale, joining the heal in flight and starting one (which
     /// sets the healing flag and spawns the heal) before it returns.
     fn begin_fatal(self: &Arc<Self>, generation: u64, fault: Fault) -> Joined {
+        if self.config.fixed {
+            tracing::error!(class = "fatal", code = fault.code(), generation, %fault, action = "none", "fatal database fault on a fixed LivePool: never healed");
+            return Joined::Done(Outcome::Ignored(ErrorClass::Fatal));
+        }
         let mut policy = self.policy();
         let current = self.generation();
         match &policy.phase {

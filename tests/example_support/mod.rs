@@ -1,4 +1,4 @@
-//! Runs the real `examples/axum` binary: built on demand, started on
+//! Runs a real example binary (`examples/axum` unless named): built on demand, started on
 //! 127.0.0.1:0, its stdout read for `listening on <addr>` and its stderr
 //! (the crate's logs) collected line by line. Every wait is bounded.
 #![allow(dead_code)]
@@ -29,7 +29,12 @@ impl Example {
     /// Starts the example with `args` (plus `--addr 127.0.0.1:0`) and waits
     /// until it says where it listens.
     pub async fn start(args: &[&str]) -> Result<Self, BoxError> {
-        let mut child = tokio::process::Command::new(example_binary().await?)
+        Self::start_named("axum", args).await
+    }
+
+    /// [`start`](Self::start) for the example called `name`.
+    pub async fn start_named(name: &str, args: &[&str]) -> Result<Self, BoxError> {
+        let mut child = tokio::process::Command::new(example_binary(name).await?)
             .args(args)
             .args(["--addr", "127.0.0.1:0"])
             // The example's default filter, whatever the caller's environment says.
@@ -200,12 +205,13 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<String
     Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// `target/<profile>/examples/axum`. `cargo test` builds the examples, but
+/// `target/<profile>/examples/<name>`. `cargo test` builds the examples, but
 /// not when only one test target is selected, so it is (re)built here with
 /// this test's features: a no-op when it is fresh, and never a stale binary.
-pub async fn example_binary() -> Result<PathBuf, BoxError> {
+pub async fn example_binary(name: &str) -> Result<PathBuf, BoxError> {
     let mut features = vec!["axum"];
     for (on, feature) in [
+        (cfg!(feature = "migrate"), "migrate"),
         (cfg!(feature = "fs-watch"), "fs-watch"),
         (cfg!(feature = "tonic"), "tonic"),
         (cfg!(feature = "systemd"), "systemd"),
@@ -230,14 +236,7 @@ pub async fn example_binary() -> Result<PathBuf, BoxError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let build = tokio::process::Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "axum",
-            "--profile",
-            profile,
-        ])
+        .args(["build", "--quiet", "--example", name, "--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .arg("--features")
@@ -247,13 +246,13 @@ pub async fn example_binary() -> Result<PathBuf, BoxError> {
     // Generous: the build may wait for other builds' lock on the target dir.
     let build = tokio::time::timeout(Duration::from_secs(900), build)
         .await
-        .map_err(|_| "building the axum example did not finish within 15 minutes")??;
+        .map_err(|_| format!("building the {name} example did not finish within 15 minutes"))??;
     if !build.success() {
-        return Err(format!("building the axum example failed: {build}").into());
+        return Err(format!("building the {name} example failed: {build}").into());
     }
     let binary = profile_dir
         .join("examples")
-        .join(format!("axum{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if binary.exists() {
         Ok(binary)
     } else {

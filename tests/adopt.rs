@@ -1,0 +1,206 @@
+//! The adoption example (`examples/adopt.rs`): its `#[sqlx::test]` tests,
+//! written as the guide's recipe says (`LivePool::fixed` around the test's
+//! pool), and the app under real faults, in-process and as a binary.
+
+mod common;
+mod example_support;
+mod layer_support;
+
+#[allow(dead_code)]
+#[path = "../examples/adopt.rs"]
+mod example;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use common::{Exits, TestDb, TestResult, count_in_file, warm, within};
+use example::{AppState, Limits};
+use example_support::Example;
+use layer_support::Http;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use tower_db_liveness::{LivePool, PoolStatus};
+
+async fn serve(router: Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+/// The synchronous test helper of the recipe: no `.await`, no runtime needed.
+fn state(pool: SqlitePool) -> AppState {
+    AppState {
+        live: LivePool::fixed(pool),
+        limits: Limits { max_note_len: 16 },
+    }
+}
+
+/// The recipe: the app's handlers, its error enum and `/health` over real
+/// HTTP on the test's database.
+#[sqlx::test(migrations = "examples/adopt/migrations")]
+async fn the_app_serves_its_routes_on_a_fixed_pool(pool: SqlitePool) -> TestResult {
+    let http = Http::new(serve(example::app(state(pool))).await?);
+
+    let created = http.post("/notes", "first").await?;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body, r#"{"id":1}"#);
+    let again = http.post("/notes", "first").await?;
+    assert_eq!(again.status, 409, "UniqueViolation: {again:?}");
+    assert_eq!(http.get("/notes/1").await?.body, "first");
+    let missing = http.get("/notes/99").await?;
+    assert_eq!(missing.status, 404, "RowNotFound: {missing:?}");
+    assert_eq!(http.post("/notes", "x".repeat(17)).await?.status, 413);
+    assert_eq!(
+        http.get("/notes").await?.body,
+        r#"[{"body":"first","id":1}]"#
+    );
+    let health = http.get("/health").await?;
+    assert_eq!(health.status, 200, "{health:?}");
+    Ok(())
+}
+
+/// What `#[sqlx::test]` does after every test (it deletes the database
+/// while the server still runs), done mid-test: the next write fails with
+/// 1032 on the unlinked file, the mark reaches the layer, the policy is told
+/// about a fatal error, and nothing heals or exits (a give-up would run the
+/// default exit action and end this test binary). The generation stays 0.
+#[sqlx::test(migrations = "examples/adopt/migrations")]
+async fn a_deleted_test_database_is_never_healed(pool: SqlitePool) -> TestResult {
+    let path: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(&pool)
+            .await?;
+    let live = LivePool::fixed(pool.clone());
+    let app = example::app(AppState {
+        live: live.clone(),
+        limits: Limits { max_note_len: 16 },
+    });
+    let http = Http::new(serve(app).await?);
+    assert_eq!(http.post("/notes", "before").await?.status, 201);
+
+    std::fs::remove_file(&path)?;
+    // The idle connection that served the first write is reused: it still
+    // has the unlinked file open (sqlx::test's default journal is DELETE).
+    let failed = http.post("/notes", "after").await?;
+    assert_eq!(failed.status, 503, "a fatal error: {failed:?}");
+    assert_eq!(failed.body, "database error\n");
+
+    assert!(!live.is_healing(), "a fixed pool never starts a heal");
+    assert_eq!(live.generation(), 0);
+    assert!(matches!(
+        live.status(),
+        PoolStatus::Live { generation: 0, .. }
+    ));
+    assert!(!live.has_given_up());
+    // Errors keep being answered, and nothing is decided.
+    assert_eq!(http.post("/notes", "again").await?.status, 503);
+    assert_eq!(live.generation(), 0);
+    Ok(())
+}
+
+/// The same application's database restored by rename under the running
+/// app (watchdog off: the handler's mark is the only way the layer learns
+/// of the fault). The write on the old file fails (503), the layer reports
+/// it, the reopen runs the migrations on the restore (which predates them:
+/// `_sqlx_migrations` appears), the policy swaps it in, and the next
+/// requests are served from the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_healed_with_migrations_and_served() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let builder = LivePool::builder(db.options())
+        .pool_options(TestDb::pool_options())
+        .migrations(&example::MIGRATOR)
+        .watchdog_interval(None);
+    let (builder, mut exits) = Exits::install(builder);
+    let live = builder.open().await?;
+    let http = Http::new(
+        serve(example::app(AppState {
+            live: live.clone(),
+            limits: Limits { max_note_len: 64 },
+        }))
+        .await?,
+    );
+    assert_eq!(http.post("/notes", "before").await?.status, 201);
+    warm(&live.pool()).await?;
+
+    // The backup: the table made by hand, no record of sqlx's migrations.
+    let backup = db.root.path().join("backup.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&backup)
+            .create_if_missing(true),
+    )
+    .await?;
+    sqlx::raw_sql(include_str!(
+        "../examples/adopt/migrations/20250101000000_notes.sql"
+    ))
+    .execute(&pool)
+    .await?;
+    sqlx::query("INSERT INTO notes(body) VALUES ('from the backup')")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    std::fs::rename(&backup, &db.path)?;
+
+    let failed = http.post("/notes", "lost").await?;
+    assert_eq!(failed.status, 503, "{failed:?}");
+    within("the heal", live.healed()).await?;
+    assert_eq!(live.generation(), 1, "{:?}", live.status());
+
+    let list = http.get("/notes").await?;
+    assert_eq!(list.body, r#"[{"body":"from the backup","id":1}]"#);
+    let next = http.post("/notes", "after").await?;
+    assert_eq!(next.status, 201, "{next:?}");
+    assert_eq!(next.body, r#"{"id":2}"#);
+    assert_eq!(count_in_file(&db.path).await?, 2);
+    let check = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&db.path)).await?;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&check)
+        .await?;
+    check.close().await;
+    assert_eq!(applied, 1, "the reopen ran the migrations");
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+/// The example binary on a real WAL file, its directory deleted: writes
+/// acknowledged before (and any after) the deletion are in the rescue file,
+/// the reopen cannot reattach anything, and the process drains and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_rescues_and_exits_1_when_its_directory_is_deleted() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let db_path = db.path.display().to_string();
+    let mut example = Example::start_named("adopt", &["--db", &db_path]).await?;
+    let http = Http::new(example.addr);
+    let mut acknowledged = 0;
+    for body in ["one", "two", "three"] {
+        let created = http.post("/notes", body).await?;
+        assert_eq!(created.status, 201, "{created:?}");
+        acknowledged += 1;
+    }
+    assert_eq!(http.get("/health").await?.status, 200);
+
+    db.rm_rf_dir()?;
+    // WAL: a write into the unlinked file is acknowledged without an error,
+    // unless the watchdog (1 s) has already seen the file gone.
+    if let Ok(late) = http.post("/notes", "after the deletion").await
+        && late.status == 201
+    {
+        acknowledged += 1;
+    }
+
+    let gave_up = example.logged("exiting so the supervisor restarts").await?;
+    assert!(gave_up.contains("no database file at"), "{gave_up}");
+    let status = example.wait().await?;
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", example.log());
+
+    let rescues: Vec<_> = std::fs::read_dir(db.root.path())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.to_string_lossy().contains(".rescued-"))
+        .collect();
+    assert_eq!(rescues.len(), 1, "{rescues:?}\nstderr:\n{}", example.log());
+    assert_eq!(count_in_file(&rescues[0]).await?, acknowledged);
+    Ok(())
+}
