@@ -182,10 +182,15 @@ async fn held_requests_fatal_errors_give_ups_and_failing_probes_are_counted() ->
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let server = open(db.options(), example::open_pool, true, |b| b).await?;
     let (passed, mut arrivals) = passed();
-    let app = example::routes()
-        .layer(DbLivenessLayer::new(server.live.clone()).hold_timeout(Duration::from_secs(60)))
-        .layer(passed)
-        .with_state(server.live.clone());
+    // One composed layer, so `passed` calls the layer's `call` directly: with
+    // two `Router::layer`s an axum `Route` between them defers that call to
+    // its first poll, after `passed` has reported.
+    let app =
+        example::routes()
+            .layer(tower::ServiceBuilder::new().layer(passed).layer(
+                DbLivenessLayer::new(server.live.clone()).hold_timeout(Duration::from_secs(60)),
+            ))
+            .with_state(server.live.clone());
     let http = std::sync::Arc::new(Http::new(serve(app).await?));
     assert_eq!(http.post("/notes", "before").await?.status, 201);
     warm(&server.live.pool()).await?;
