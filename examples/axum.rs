@@ -1,7 +1,7 @@
 //! The notes service: axum 0.8 and SQLite, kept honest by `DbLivenessLayer`.
 //!
 //! ```text
-//! cargo run --example axum --features axum -- [--db FILE] [--addr IP:PORT] [--journal wal|delete]
+//! cargo run --example axum --features axum[,metrics] -- [--db FILE] [--addr IP:PORT] [--journal wal|delete]
 //!     [--rescue-dir DIR] [--grace-secs N] [--watchdog-ms MS]
 //!
 //!   --db FILE          the database file (default: notes.db in a new temporary directory)
@@ -14,7 +14,10 @@
 //!
 //! Routes: `POST /notes` (the text body becomes a note; 201 with `{"id":N}`),
 //! `GET /notes` (200 with `[{"id":N,"body":"..."}]`), `GET /health`
-//! (`HealthService`: 200 `pass`/`warn` or 503 `fail`, `application/health+json`).
+//! (`HealthService`: 200 `pass`/`warn` or 503 `fail`, `application/health+json`);
+//! with the `metrics` feature, `GET /metrics`: the crate's metrics in the
+//! Prometheus text format, from `metrics-exporter-prometheus`'s recorder,
+//! served by the same router.
 //! It prints `listening on <addr>` once bound. Database errors go through
 //! `DbError`, so the layer sees them; the watchdog and the rescue are on.
 //!
@@ -187,6 +190,29 @@ pub fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
     }
 }
 
+/// The Prometheus recorder, installed for the whole process; `_seconds`
+/// histograms get buckets (the exporter's default would be a summary).
+#[cfg(feature = "metrics")]
+fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, Error> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .install_recorder()?;
+    // Rendering drains the histograms too; this bounds them between scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
@@ -213,6 +239,10 @@ async fn main() -> Result<(), Error> {
             temp_dir.path().join("notes.db")
         }
     };
+
+    // Installed before the `LivePool` opens, so its first generation is recorded.
+    #[cfg(feature = "metrics")]
+    let metrics = prometheus()?;
 
     let options = SqliteConnectOptions::new()
         .filename(&db)
@@ -245,7 +275,13 @@ async fn main() -> Result<(), Error> {
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     eprintln!("database: {}", db.display());
-    axum::serve(listener, app(live.clone()))
+    let app = app(live.clone());
+    #[cfg(feature = "metrics")]
+    let app = app.route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(metrics.render())),
+    );
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
 

@@ -395,6 +395,8 @@ impl HealthService {
         time: OffsetDateTime,
         detail: Option<Detail>,
     ) -> Report {
+        // Every answer is decided here, the policy's own and the probe's.
+        crate::metrics::probe_answered(status);
         Report {
             status,
             observed,
@@ -722,10 +724,12 @@ impl Flight {
                             format!("the probe did not finish within {} ms", limit.as_millis());
                         (generation, Finding::Transient(Detail::same(text)))
                     });
+            let latency = started.elapsed();
+            crate::metrics::probe_ran(latency);
             let _ = tx.send(Some(Probed {
                 generation,
                 finding,
-                latency: started.elapsed(),
+                latency,
                 at: now_utc(),
             }));
         });

@@ -327,10 +327,13 @@ impl<S, F> DbLiveness<S, F> {
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         let (live, limit) = (self.live.clone(), self.hold_timeout);
+        crate::metrics::held();
         let wait: HoldWait = Box::pin(async move {
+            let started = std::time::Instant::now();
             // Past the bound the request goes through anyway; if it fails,
             // it is reported like any other.
             let _ = tokio::time::timeout(limit, live.healed()).await;
+            crate::metrics::hold_ended(started.elapsed());
         });
         ResponseFuture {
             // Boxed: an inline request would make every response future (and

@@ -182,6 +182,79 @@
 //! | `migrate` | [`LivePoolBuilder::migrations`]: run a `sqlx::migrate!()` migrator at open and on every reopen | `sqlx/migrate` |
 //! | `systemd` | `systemd::spawn_watchdog`: `WATCHDOG=1` while the probe does not fail | `sd-notify` |
 //! | `fs-watch` | the watchdog also watches the database's directory (inotify, kqueue, FSEvents) and reacts at once | `notify` |
+//! | `metrics` | records the policy's decisions through the [`metrics`](https://docs.rs/metrics) facade: see [Metrics](#metrics) | `metrics` 0.24 |
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature the crate records into whatever recorder the
+//! application installed (`metrics-exporter-prometheus`, a StatsD or an
+//! OpenTelemetry bridge); without a recorder, or without the feature,
+//! nothing is recorded. A request that succeeds records nothing: the
+//! success path stays free of allocations and locks whatever the recorder.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `db_liveness_errors_total` | counter | `class`: `fatal`, `transient`, `other` | database errors reported to the policy (by the layer, a [`Lease`], [`LivePool::report_at`], the probe's fatal reads), as [`classify`] sorts them; a CANTOPEN counts as `fatal` even when the file turns out intact |
+//! | `db_liveness_heals_total` | counter | `fault`: `error`, `deleted`, `moved`, `replaced`, `companion_deleted`, `companion_replaced` | pools reopened, verified and swapped in, by what made the old one fatal |
+//! | `db_liveness_give_ups_total` | counter | `reason`: `reopen_failed`, `verify_failed`, `recurred`, `too_many_heals` | give-ups; the process exits next |
+//! | `db_liveness_heal_seconds` | histogram | `outcome`: `healed`, `gave_up` | from a fatal finding to the swap or the give-up, rescue included |
+//! | `db_liveness_rescues_total` | counter | `result`: `saved`, `failed` | `VACUUM INTO` rescues of a dead file's data; a failed one is retried |
+//! | `db_liveness_rescue_bytes` | gauge | | size of the last rescue file saved. No row count: counting the rows would read the whole file again, on the heal's path |
+//! | `db_liveness_held_requests_total` | counter | | requests the layer held while a heal was in flight |
+//! | `db_liveness_hold_seconds` | histogram | | how long each held request was held (up to the hold timeout) |
+//! | `db_liveness_probe_total` | counter | `status`: `pass`, `warn`, `fail` | health answers: HTTP, the gRPC bridge, the systemd watchdog |
+//! | `db_liveness_probe_seconds` | histogram | | how long each probe of the database took (answers that join a probe in flight share it) |
+//! | `db_liveness_generation` | gauge | | the generation in service: 0 at start, one more per heal |
+//!
+//! The names are global: with several `LivePool`s in one process their
+//! counts add up, and the generation is the last one set. A give-up is
+//! recorded before the exit, but a pull exporter rarely gets to scrape it;
+//! alert on the restart too, or push (StatsD, OTLP).
+//!
+//! Two Prometheus alerts:
+//!
+//! ```yaml
+//! groups:
+//!   - name: db-liveness
+//!     rules:
+//!       - alert: DatabaseHealed          # a heal happened: look at the rescue
+//!         expr: increase(db_liveness_heals_total[5m]) > 0
+//!         labels: { severity: warning }
+//!         annotations:
+//!           summary: "{{ $labels.instance }} reopened its database ({{ $labels.fault }})"
+//!       - alert: DatabaseHealthFailing   # /health answered fail
+//!         expr: increase(db_liveness_probe_total{status="fail"}[2m]) > 0
+//!         labels: { severity: critical }
+//!       - alert: DatabaseGaveUp          # or the process restarted
+//!         expr: increase(db_liveness_give_ups_total[10m]) > 0 or changes(process_start_time_seconds[10m]) > 0
+//!         labels: { severity: critical }
+//! ```
+//!
+//! The exporter needs no server of its own: `metrics-exporter-prometheus`
+//! (`default-features = false`) renders into the application's router.
+//! `examples/axum.rs` does this with `--features axum,metrics` (and runs the
+//! exporter's upkeep every 5 s):
+//!
+//! ```no_run
+//! # #[cfg(feature = "metrics")]
+//! # mod example {
+//! use axum::{Router, routing::get};
+//! use sqlx::sqlite::SqliteConnectOptions;
+//! use tower_db_liveness::{HealthService, LivePool};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The recorder first, then the pool: its generation 0 is recorded.
+//! let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! let live = LivePool::connect(SqliteConnectOptions::new().filename("app.db")).await?;
+//! let app: Router = Router::new()
+//!     .route_service("/health", HealthService::new(live.clone()))
+//!     .route("/metrics", get(move || std::future::ready(metrics.render())));
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! # }
+//! # fn main() {}
+//! ```
 //!
 //! # Classification
 //!
@@ -266,6 +339,7 @@ pub mod health;
 mod identity;
 mod layer;
 mod live_pool;
+mod metrics;
 mod rescue;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]

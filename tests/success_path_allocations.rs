@@ -1,5 +1,6 @@
 //! Zero allocations per success-path request through the layer: a counting
-//! global allocator, counting only this thread's allocations.
+//! global allocator, counting only this thread's allocations. With the
+//! `metrics` feature, with a Prometheus recorder installed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -69,6 +70,11 @@ fn no_allocation_on_the_success_path() -> Result<(), Box<dyn std::error::Error>>
         "the counting allocator is not in use"
     );
 
+    // With the `metrics` feature, a real recorder is installed: had the
+    // success path recorded anything, its key lookups would count here.
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -91,6 +97,13 @@ fn no_allocation_on_the_success_path() -> Result<(), Box<dyn std::error::Error>>
         assert_eq!(
             layered_allocations, 0,
             "1000 requests through the layer allocated"
+        );
+        // The recorder is the one the crate records into.
+        #[cfg(feature = "metrics")]
+        assert!(
+            recorder.render().contains("db_liveness_generation 0"),
+            "{}",
+            recorder.render()
         );
         Ok::<_, Box<dyn std::error::Error>>(())
     })

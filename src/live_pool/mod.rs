@@ -398,6 +398,7 @@ impl LivePool {
             Fatal(F),
             Check(tokio::task::JoinHandle<Outcome>),
         }
+        crate::metrics::error_seen(class);
         let pending = if !class.is_fatal() {
             tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
             Pending::Ignored(class)

@@ -102,6 +102,8 @@ impl Inner {
         config: Config,
         stop_watchdog: Option<oneshot::Sender<()>>,
     ) -> Self {
+        crate::metrics::describe();
+        crate::metrics::generation(0);
         Inner {
             current: ArcSwap::from_pointee(first),
             state: AtomicU64::new(0),
@@ -315,11 +317,14 @@ impl Inner {
 
     /// Replace the dead generation, then swap or give up.
     async fn heal(self: Arc<Self>, fault: Fault, mut guard: HealGuard) {
+        let started = Instant::now();
         let old = self.current();
         let (result, rescue) = self.replace(&old, &fault).await;
         let Some(done) = guard.done.take() else {
             return;
         };
+        // Recorded before the outcome is published, so whoever sees it sees this.
+        crate::metrics::heal_ended(result.is_ok(), started);
         let outcome = match result {
             Ok(new) => Outcome::Healed(self.swap(old, new, fault, rescue)),
             Err(reason) => Outcome::GaveUp(self.publish_give_up(GaveUp {
@@ -591,6 +596,7 @@ impl Inner {
             fault,
             rescue,
         };
+        crate::metrics::healed(&healed.fault, generation);
         self.status.send_replace(PoolStatus::Live {
             generation,
             last_heal: Some(healed.clone()),
@@ -607,6 +613,7 @@ impl Inner {
             self.state.fetch_or(GAVE_UP, Ordering::AcqRel);
             self.state.fetch_and(!HEALING, Ordering::AcqRel);
         }
+        crate::metrics::gave_up(&gave_up.reason);
         self.status
             .send_replace(PoolStatus::GaveUp(gave_up.clone()));
         tracing::error!(
@@ -759,6 +766,7 @@ async fn rescue_with_retries(
     loop {
         match rescue::rescue(conn, ctx.file.path(), ctx.config).await {
             Ok(path) => {
+                crate::metrics::rescue_saved(&path).await;
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
                 if attempts > 0
                     && let Some(status) = status
@@ -771,6 +779,7 @@ async fn rescue_with_retries(
                 return path;
             }
             Err(err) => {
+                crate::metrics::rescue_failed();
                 attempts += 1;
                 tracing::error!(database = %ctx.file.path().display(), attempts, code = err.code, error = %err, retry_in = ?backoff, "rescue of the dead handle's data failed; the handle is kept open and the rescue retried");
                 if let Some(status) = status {

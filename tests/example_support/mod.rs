@@ -215,6 +215,7 @@ pub async fn example_binary(name: &str) -> Result<PathBuf, BoxError> {
         (cfg!(feature = "fs-watch"), "fs-watch"),
         (cfg!(feature = "tonic"), "tonic"),
         (cfg!(feature = "systemd"), "systemd"),
+        (cfg!(feature = "metrics"), "metrics"),
     ] {
         if on {
             features.push(feature);
