@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Exits, TestDb, TestResult, count_in_file, create_table, insert, open_live, warm};
+use common::{
+    Exits, TestDb, TestResult, bodies_in_file, count_in_file, create_table, insert, open_live, warm,
+};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode};
 use tower_db_liveness::{
@@ -28,38 +30,6 @@ fn files_starting(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
-}
-
-async fn bodies_in_file(path: &Path) -> sqlx::Result<Vec<String>> {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
-    let bodies = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
-        .fetch_all(&pool)
-        .await;
-    pool.close().await;
-    bodies
-}
-
-/// A database of the same application with `rows` rows, written beside the
-/// live one (as a backup to restore).
-async fn backup(
-    db: &TestDb,
-    name: &str,
-    rows: usize,
-) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
-    let path = db.root.path().join(name);
-    let pool = SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Delete),
-    )
-    .await?;
-    create_table(&pool).await?;
-    for i in 0..rows {
-        insert(&pool, &format!("{name} {i}")).await?;
-    }
-    pool.close().await;
-    Ok(path)
 }
 
 async fn check_now(live: &LivePool) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
@@ -94,7 +64,7 @@ async fn a_restore_by_rename_keeps_exactly_the_backup() -> TestResult {
         "rows are in the -wal"
     );
 
-    let restore = backup(&db, "backup.db", 7).await?;
+    let restore = db.backup("backup.db", 7).await?;
     std::fs::rename(&restore, &db.path)?;
 
     let Outcome::Healed(healed) = check_now(&live).await? else {
@@ -259,8 +229,8 @@ async fn deleting_only_the_wal_or_the_shm_is_a_file_fault() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repointed_symlink_is_a_replace() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let blue = backup(&db, "blue.db", 3).await?;
-    let green = backup(&db, "green.db", 5).await?;
+    let blue = db.backup("blue.db", 3).await?;
+    let green = db.backup("green.db", 5).await?;
     let current = db.dir.join("current.db");
     std::os::unix::fs::symlink(&blue, &current)?;
 
@@ -506,7 +476,7 @@ async fn a_give_up_leaves_no_stale_wal_for_the_next_process() -> TestResult {
     drop(live);
 
     // The restore, then the restarted process.
-    let restore = backup(&db, "backup.db", 7).await?;
+    let restore = db.backup("backup.db", 7).await?;
     std::fs::rename(&restore, &db.path)?;
     let restarted = SqlitePool::connect_with(db.options()).await?;
     let rows = common::count(&restarted).await?;
@@ -529,7 +499,7 @@ async fn a_file_replaced_while_the_pool_opens_is_refused() -> TestResult {
     let pool = TestDb::pool_options().connect_with(db.options()).await?;
     create_table(&pool).await?;
     insert(&pool, "before the restore").await?;
-    let restore = backup(&db, "backup.db", 2).await?;
+    let restore = db.backup("backup.db", 2).await?;
     std::fs::rename(&restore, &db.path)?;
 
     let (_calls, reopen) = common::counting_reopen(db.options());

@@ -16,8 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Exits, SmallDisk, TestDb, TestResult, create_table, insert, warm};
-use sqlx::SqlitePool;
+use common::{Exits, SmallDisk, TestDb, TestResult, bodies_in_file, create_table, insert, warm};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{
     Fault, FileFault, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
@@ -68,15 +67,6 @@ fn entries(dir: &Path) -> std::io::Result<Vec<String>> {
         .collect::<Result<_, _>>()?;
     names.sort();
     Ok(names)
-}
-
-async fn bodies_in_file(path: &Path) -> sqlx::Result<Vec<String>> {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
-    let bodies = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
-        .fetch_all(&pool)
-        .await;
-    pool.close().await;
-    bodies
 }
 
 /// One GET of `/health` through `ServiceExt::oneshot`: status and body.

@@ -79,20 +79,35 @@ impl TestDb {
         std::fs::rename(&self.dir, self.root.path().join("data.moved"))
     }
 
-    /// Puts a different, valid database of the same application at the path,
-    /// as an operator's restore does: written beside it, then renamed over
-    /// it, leaving whatever `-wal`/`-shm` sit next to the path in place.
-    pub async fn replace_file(&self) -> TestResult {
-        let other = self.root.path().join("other.db");
+    /// A database of the same application with `rows` rows, written beside
+    /// the live one (a backup to restore); its rows read `<name> <i>`.
+    pub async fn backup(
+        &self,
+        name: &str,
+        rows: usize,
+    ) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+        let path = self.root.path().join(name);
         let pool = SqlitePool::connect_with(
             SqliteConnectOptions::new()
-                .filename(&other)
+                .filename(&path)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Delete),
         )
         .await?;
         create_table(&pool).await?;
+        for i in 0..rows {
+            insert(&pool, &format!("{name} {i}")).await?;
+        }
         pool.close().await;
+        Ok(path)
+    }
+
+    /// Puts a different, valid (empty) database of the same application at
+    /// the path, as an operator's restore does: written beside it, then
+    /// renamed over it, leaving whatever `-wal`/`-shm` sit next to the path
+    /// in place.
+    pub async fn replace_file(&self) -> TestResult {
+        let other = self.backup("other.db", 0).await?;
         std::fs::rename(&other, &self.path)?;
         Ok(())
     }
@@ -125,6 +140,17 @@ pub async fn count(pool: &SqlitePool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM notes")
         .fetch_one(pool)
         .await
+}
+
+/// The notes' bodies in a database file, in order, through a fresh
+/// connection of its own.
+pub async fn bodies_in_file(path: &Path) -> sqlx::Result<Vec<String>> {
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
+    let bodies = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
+        .fetch_all(&pool)
+        .await;
+    pool.close().await;
+    bodies
 }
 
 /// Counts the rows of a database file through a fresh connection of its own.
