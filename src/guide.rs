@@ -131,10 +131,13 @@
 //! ```
 //!
 //! It works with [`builder_with_pool`](crate::LivePool::builder_with_pool)
-//! too (your reopen, then the migrations). The policy still verifies the
-//! reopened database against the one it replaces (every table, the
-//! `user_version` and the `application_id`): migrations that add tables or
-//! columns are fine; sqlx's migrations touch neither pragma.
+//! too (your reopen, then the migrations). A reopened database is migrated
+//! only if it already has the migrator's table (`_sqlx_migrations`): an
+//! empty file or another application's database at the path is refused
+//! before anything is written to it. After the migrations the policy still
+//! verifies it against the one it replaces (every table, the `user_version`
+//! and the `application_id`): migrations that add tables or columns are
+//! fine; sqlx's migrations touch neither pragma.
 //!
 //! # 4. Where things go
 //!

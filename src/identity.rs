@@ -88,7 +88,7 @@ struct Companion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileId {
+struct FileId {
     dev: u64,
     ino: u64,
 }
@@ -102,16 +102,18 @@ impl DbFile {
     /// and of the companions next to it, reached through `configured`.
     ///
     /// Fails when this process has the path open on another file than the
-    /// one now at the path, other than the `retired` files of earlier
-    /// generations: the file was replaced while the pool was being opened,
-    /// and its connections would be on a file nobody checks.
+    /// one now at the path, through a descriptor that was not open in
+    /// `before` (taken before the pool was opened; empty when unknown) and
+    /// is not a replaced generation's: the file was replaced while the pool
+    /// was being opened, and its connections would be on a file nobody
+    /// checks.
     pub(crate) fn record(
         configured: PathBuf,
         path: PathBuf,
-        retired: &[FileId],
+        before: &OpenFiles,
     ) -> io::Result<Self> {
         let id = file_id(&std::fs::metadata(&path)?);
-        if other_open_file(&path, id, retired) {
+        if other_open_file(&path, id, before) {
             return Err(io::Error::other(format!(
                 "{} was replaced while the pool was being opened: some of its connections are on the old file",
                 path.display()
@@ -143,11 +145,6 @@ impl DbFile {
     /// The path as configured, absolute.
     pub(crate) fn configured(&self) -> &Path {
         &self.configured
-    }
-
-    /// The identity recorded for the main file.
-    pub(crate) fn id(&self) -> FileId {
-        self.id
     }
 
     /// Compares the recorded identities with what the paths lead to now.
@@ -240,13 +237,57 @@ impl DbFile {
     }
 }
 
+/// Files of replaced generations, of every `LivePool` in the process: their
+/// connections may stay open a while (requests still running, the sealed
+/// rescue connection), and are no sign of a replaced file.
+static RETIRED: std::sync::Mutex<Vec<FileId>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `file` as a replaced generation's (see [`DbFile::record`]).
+pub(crate) fn retire(file: &DbFile) {
+    let mut retired = RETIRED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !retired.contains(&file.id) {
+        retired.push(file.id);
+    }
+}
+
+/// The process's open descriptors and the files they lead to, at one
+/// moment (Linux: `/proc/self/fd`; elsewhere nothing is known).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OpenFiles(Vec<(std::ffi::OsString, FileId)>);
+
+impl OpenFiles {
+    pub(crate) fn now() -> Self {
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+            return OpenFiles::default();
+        };
+        OpenFiles(
+            fds.flatten()
+                .filter_map(|fd| {
+                    let meta = std::fs::metadata(fd.path()).ok()?;
+                    Some((fd.file_name(), file_id(&meta)))
+                })
+                .collect(),
+        )
+    }
+
+    fn contains(&self, fd: &std::ffi::OsStr, id: FileId) -> bool {
+        self.0.iter().any(|(name, open)| name == fd && *open == id)
+    }
+}
+
 /// Whether this process has `path` (or `path`, deleted) open on a file that
-/// is neither `id` nor one of `retired` (Linux: `/proc/self/fd`; elsewhere
-/// nothing can tell, and nothing is found).
-fn other_open_file(path: &Path, id: FileId, retired: &[FileId]) -> bool {
+/// is not `id`, through a descriptor not in `before` and not on a retired
+/// generation's file (Linux: `/proc/self/fd`; elsewhere nothing is found).
+fn other_open_file(path: &Path, id: FileId, before: &OpenFiles) -> bool {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return false;
     };
+    let retired = RETIRED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let mut deleted = path.as_os_str().to_owned();
     deleted.push(" (deleted)");
     fds.flatten().any(|fd| {
@@ -259,7 +300,9 @@ fn other_open_file(path: &Path, id: FileId, retired: &[FileId]) -> bool {
         // `metadata` follows the fd link to the open inode, even an unlinked one.
         std::fs::metadata(fd.path())
             .map(|meta| file_id(&meta))
-            .is_ok_and(|open| open != id && !retired.contains(&open))
+            .is_ok_and(|open| {
+                open != id && !retired.contains(&open) && !before.contains(&fd.file_name(), open)
+            })
     })
 }
 
@@ -313,7 +356,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("a.db");
         std::fs::write(&path, b"x")?;
-        let file = DbFile::record(path.clone(), path.clone(), &[])?;
+        let file = DbFile::record(path.clone(), path.clone(), &OpenFiles::default())?;
         assert_eq!(file.check(), Ok(()));
 
         // Keep the file open so its inode outlives the unlink, as SQLite does.

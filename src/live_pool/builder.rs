@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-use super::generation::{Generation, configured_path};
+use super::generation::{Generation, configured_path, open_files};
 use super::{GaveUp, GiveUpFn, LivePool, ReopenFn};
 use crate::rescue::RescueConfig;
 
@@ -226,8 +226,10 @@ impl LivePoolBuilder {
     /// ```
     ///
     /// A migration error is a `sqlx::Error::Migrate`: from `open`, or, on a
-    /// reopen, a failed reopen (the policy gives up). A reopened database is
-    /// still verified against the one it replaces (every table, the
+    /// reopen, a failed reopen (the policy gives up). A reopened database
+    /// without the migrator's table (an empty file, another application's
+    /// database) is refused before it is migrated. After the migrations it
+    /// is still verified against the one it replaces (every table, the
     /// `user_version` and `application_id`): migrations that add tables or
     /// columns pass, a migration that drops a table makes the policy give up.
     #[cfg(feature = "migrate")]
@@ -243,7 +245,7 @@ impl LivePoolBuilder {
     /// [`sqlx::Error::Configuration`] for `locking_mode(Exclusive)`.
     pub async fn open(self) -> Result<LivePool, sqlx::Error> {
         let creates = self.config.reopen_creates;
-        let (pool, configured, reopen) = match self.source {
+        let (pool, configured, reopen, before) = match self.source {
             Source::Options { connect, pool } => {
                 let configured = configured_path(&connect);
                 // Every connection, the first pool's included, opens the
@@ -252,6 +254,8 @@ impl LivePoolBuilder {
                 if let Some(path) = &configured {
                     connect = connect.filename(path);
                 }
+                // What was open before the pool: its own descriptors are the others.
+                let before = open_files().await;
                 let first = pool.as_ref().clone().connect_with(connect.clone()).await?;
                 // A reopen reattaches the file that was opened and, unless
                 // allowed, never creates it.
@@ -260,7 +264,7 @@ impl LivePoolBuilder {
                     let (pool, connect) = (pool.as_ref().clone(), reopen_options.clone());
                     Box::pin(async move { pool.connect_with(connect).await })
                 });
-                (first, configured, reopen)
+                (first, configured, reopen, before)
             }
             Source::Pool { pool, reopen } => {
                 let options = pool.connect_options();
@@ -272,7 +276,9 @@ impl LivePoolBuilder {
                     );
                 }
                 let configured = configured_path(&options);
-                (pool, configured, reopen)
+                // Opened before it was handed over: every descriptor on
+                // another file than the one at the path is a finding.
+                (pool, configured, reopen, Default::default())
             }
         };
         #[cfg(feature = "migrate")]
@@ -283,18 +289,40 @@ impl LivePoolBuilder {
             }
             None => reopen,
         };
-        let first = Generation::open(pool, 0, configured, Vec::new(), None).await?;
+        let first = Generation::open(pool, 0, configured, before, None).await?;
         Ok(LivePool::start(first, reopen, self.config))
     }
 }
 
-/// `reopen`, then `migrator` on the new pool (closed again if they fail).
+/// `reopen`, then `migrator` on the new pool (closed again if they fail),
+/// only if the new pool's database has the migrator's table.
 #[cfg(feature = "migrate")]
 fn with_migrations(reopen: ReopenFn, migrator: &'static sqlx::migrate::Migrator) -> ReopenFn {
     Arc::new(move || {
         let opened = reopen();
         Box::pin(async move {
             let pool = opened.await?;
+            // Only this application's database is migrated: the first pool
+            // ran the migrator, so the file that was open has its table. A
+            // file without it (an empty file, another application's database)
+            // is refused before anything is written to it.
+            let table = migrator.table_name.as_ref();
+            let has_table: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await?;
+            if !has_table {
+                pool.close().await;
+                return Err(sqlx::Error::Configuration(
+                    format!(
+                        "the reopened database has no {table} table: it is not this \
+                         application's database, so it is neither migrated nor served"
+                    )
+                    .into(),
+                ));
+            }
             if let Err(err) = migrator.run(&pool).await {
                 pool.close().await;
                 return Err(err.into());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::blocking;
-use crate::identity::{DbFile, FileId};
+use crate::identity::{DbFile, OpenFiles};
 
 /// How long the filesystem calls of a verification may take.
 pub(crate) const FS_BOUND: Duration = Duration::from_secs(2);
@@ -93,10 +93,10 @@ impl Generation {
         pool: SqlitePool,
         number: u64,
         configured: Option<PathBuf>,
-        retired: Vec<FileId>,
+        before: OpenFiles,
         healed_at: Option<Instant>,
     ) -> Result<Self, sqlx::Error> {
-        match Self::verify(&pool, configured, retired).await {
+        match Self::verify(&pool, configured, before).await {
             Ok((file, schema, sentinel)) => Ok(Generation {
                 number,
                 pool,
@@ -154,7 +154,7 @@ impl Generation {
     async fn verify(
         pool: &SqlitePool,
         configured: Option<PathBuf>,
-        retired: Vec<FileId>,
+        before: OpenFiles,
     ) -> Result<(Option<DbFile>, Schema, Option<SqliteConnection>), sqlx::Error> {
         // An exclusive-mode connection keeps its lock for ever: the sentinel
         // could never read, and a rescue never run.
@@ -185,7 +185,7 @@ impl Generation {
         }
         let path = PathBuf::from(path);
         let configured = configured.unwrap_or_else(|| path.clone());
-        let file = blocking::run(FS_BOUND, move || DbFile::record(configured, path, &retired))
+        let file = blocking::run(FS_BOUND, move || DbFile::record(configured, path, &before))
             .await
             .map_err(|stuck| {
                 sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, stuck))
@@ -206,6 +206,13 @@ pub(crate) fn configured_path(options: &sqlx::sqlite::SqliteConnectOptions) -> O
         return None;
     }
     std::path::absolute(name).ok()
+}
+
+/// The process's open files now, off the runtime (`None`: unknown).
+pub(crate) async fn open_files() -> OpenFiles {
+    blocking::run(FS_BOUND, OpenFiles::now)
+        .await
+        .unwrap_or_default()
 }
 
 /// Reads the schema table, which needs page 1 of the file.

@@ -522,8 +522,22 @@ impl LivePool {
         // First: closing the last connections deletes the -wal and -shm,
         // which the watchdog must not take for a fault.
         self.inner.mark_closed();
-        let retiring = self.inner.take_retiring();
         let config = &self.inner.config;
+        // A heal in flight rescues and seals the dead file first (it does
+        // not reopen any more): wait for it, bounded.
+        if let Some(mut done) = self.inner.heal_in_flight() {
+            let limit = config.rescue.timeout + config.reopen_timeout;
+            if tokio::time::timeout(limit, done.wait_for(Option::is_some))
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the heal in flight did not finish within {limit:?} (a rescue failing?); closing anyway: \
+                     the dead database's data may not be saved"
+                );
+            }
+        }
+        let retiring = self.inner.take_retiring();
         let all = async {
             for task in retiring {
                 let _ = task.await;
@@ -539,7 +553,7 @@ impl LivePool {
             );
         }
         if self.is_healing() {
-            // The heal owns the generation in service; it closes it itself.
+            // Still healing after the bound: the heal owns the generation.
             return;
         }
         let current = self.inner.current();

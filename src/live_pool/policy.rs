@@ -13,13 +13,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::builder::Config;
-use super::generation::{FS_BOUND, Generation, Schema};
+use super::generation::{FS_BOUND, Generation, Schema, open_files};
 use super::{
     BoxFuture, Fault, GaveUp, GiveUpHook, GiveUpReason, Healed, Outcome, PoolStatus, ReopenFn,
 };
 use crate::blocking;
 use crate::classify::ErrorClass;
-use crate::identity::{DbFile, FileFault, FileId};
+use crate::identity::{DbFile, FileFault};
 use crate::rescue;
 
 /// How long the give-up hooks together may delay the exit action.
@@ -40,11 +40,9 @@ pub(crate) struct Inner {
     reopen: ReopenFn,
     pub(crate) config: Config,
     give_up_hooks: Mutex<Vec<GiveUpHook>>,
-    /// Dead generations being sealed or closed in the background.
+    /// Dead generations being sealed in the background (a write
+    /// transaction was still open): what `close` waits for.
     retiring: Mutex<Vec<JoinHandle<()>>>,
-    /// The files of replaced generations: their connections may still be
-    /// open (stragglers, the sealed sentinel), and are no finding.
-    retired_files: Mutex<Vec<FileId>>,
     /// Set by [`LivePool::close`](super::LivePool::close): closing the last
     /// connections deletes the `-wal`/`-shm` (SQLite's own clean-up), which
     /// must not read as a fault.
@@ -119,7 +117,6 @@ impl Inner {
             config,
             give_up_hooks: Mutex::new(Vec::new()),
             retiring: Mutex::new(Vec::new()),
-            retired_files: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             _stop_watchdog: stop_watchdog,
         }
@@ -182,7 +179,7 @@ impl Inner {
         }
     }
 
-    /// The background work on dead generations (seal, final rescue, close),
+    /// The background seals of dead generations (and their last rescues),
     /// handed over for [`LivePool::close`](super::LivePool::close) to wait on.
     pub(super) fn take_retiring(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(
@@ -323,6 +320,27 @@ impl Inner {
         let Some(done) = guard.done.take() else {
             return;
         };
+        if self.is_closed() {
+            // The application closed the LivePool while the dead generation
+            // was being rescued: no swap, no exit; `close` waits for this.
+            if let Ok(new) = result {
+                discard(new);
+            }
+            let generation = old.number;
+            {
+                let mut policy = self.policy();
+                policy.phase = Phase::Live;
+                self.state.fetch_and(!HEALING, Ordering::AcqRel);
+            }
+            self.status.send_replace(PoolStatus::Live {
+                generation,
+                last_heal: None,
+            });
+            tracing::warn!(generation, %fault, rescue = ?rescue, "the LivePool was closed during the heal: rescued, not reopened");
+            self.close_in_background(old);
+            let _ = done.send(Some(Outcome::Ignored(ErrorClass::Fatal)));
+            return;
+        }
         // Recorded before the outcome is published, so whoever sees it sees this.
         crate::metrics::heal_ended(result.is_ok(), started);
         let outcome = match result {
@@ -411,6 +429,13 @@ impl Inner {
             }
             _ => {}
         }
+        if self.is_closed() {
+            // Closed meanwhile: rescued and sealed is all that is owed.
+            return (
+                Err(GiveUpReason::ReopenFailed("the LivePool was closed".into())),
+                rescue,
+            );
+        }
         if let Some(reason) = self.budget_exceeded(old) {
             return (Err(reason), rescue);
         }
@@ -492,6 +517,11 @@ impl Inner {
                 Some(path) => Some(self.expected_file(path).await?),
                 None => None,
             };
+            if let Some(file) = &old.file {
+                crate::identity::retire(file);
+            }
+            // What was open before the new pool: its own descriptors are the others.
+            let before = open_files().await;
             let reopen = Arc::clone(&self.reopen);
             // The user's reopen runs on a task of its own: a panic in it is a
             // failed reopen, not a heal in flight for ever.
@@ -499,21 +529,11 @@ impl Inner {
                 .await
                 .map_err(|join| GiveUpReason::ReopenFailed(panic_text(join)))?
                 .map_err(|err| GiveUpReason::ReopenFailed(err.to_string()))?;
-            let retired = {
-                let mut retired = self
-                    .retired_files
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(file) = &old.file {
-                    retired.push(file.id());
-                }
-                retired.clone()
-            };
             let new = Generation::open(
                 pool,
                 old.number + 1,
                 configured.clone(),
-                retired,
+                before,
                 Some(Instant::now()),
             )
             .await
@@ -690,7 +710,9 @@ impl Inner {
                 let _ = tokio::time::timeout(limit, conn.close()).await;
             }
         });
-        self.retire(task);
+        // Not waited for by `close`: the file is sealed already, and a
+        // straggler may hold its connection for as long as it likes.
+        drop(task);
     }
 }
 
