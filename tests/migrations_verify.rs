@@ -18,13 +18,11 @@ use tower_db_liveness::{LivePool, Outcome};
 
 static MIGRATOR: Migrator = sqlx::migrate!("examples/adopt/migrations");
 
-/// An empty file (0 bytes, as `touch` or a failed copy leaves) is renamed
-/// over the database. Without migrations the reopen is refused ("tables
-/// missing"); with them, the empty file is migrated and served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_file_at_the_path_is_not_healed_onto() -> TestResult {
-    let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (builder, _exits) = Exits::install(
+/// A migrated LivePool with 20 rows of user data.
+async fn open_migrated(
+    db: &TestDb,
+) -> Result<(LivePool, Exits), Box<dyn std::error::Error + Send + Sync>> {
+    let (builder, exits) = Exits::install(
         LivePool::builder(db.options())
             .pool_options(TestDb::pool_options())
             .watchdog_interval(None)
@@ -36,6 +34,16 @@ async fn an_empty_file_at_the_path_is_not_healed_onto() -> TestResult {
     for i in 0..20 {
         insert(&live.pool(), &format!("user data {i}")).await?;
     }
+    Ok((live, exits))
+}
+
+/// An empty file (0 bytes, as `touch` or a failed copy leaves) is renamed
+/// over the database. Without migrations the reopen is refused ("tables
+/// missing"); with them, the empty file is migrated and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_at_the_path_is_not_healed_onto() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, _exits) = open_migrated(&db).await?;
 
     let empty = db.root.path().join("empty.db");
     std::fs::write(&empty, b"")?;
@@ -61,18 +69,7 @@ async fn an_empty_file_at_the_path_is_not_healed_onto() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_applications_database_is_neither_migrated_nor_served() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (builder, _exits) = Exits::install(
-        LivePool::builder(db.options())
-            .pool_options(TestDb::pool_options())
-            .watchdog_interval(None)
-            .drain_timeout(Duration::from_millis(200))
-            .rescue_dir(db.root.path())
-            .migrations(&MIGRATOR),
-    );
-    let live = builder.open().await?;
-    for i in 0..20 {
-        insert(&live.pool(), &format!("user data {i}")).await?;
-    }
+    let (live, _exits) = open_migrated(&db).await?;
 
     let other = db.root.path().join("billing.db");
     {

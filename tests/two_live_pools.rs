@@ -9,6 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Exits, TestDb, TestResult, insert, within};
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteJournalMode;
 use tower_db_liveness::{LivePool, Outcome};
 
@@ -21,6 +23,21 @@ async fn open(db: &TestDb) -> Result<(LivePool, Exits), Box<dyn std::error::Erro
             .rescue_dir(db.root.path()),
     );
     Ok((builder.open().await?, exits))
+}
+
+/// A writer LivePool healed onto a restore while a request on its replaced
+/// pool still holds a connection (the straggler).
+async fn healed_with_a_straggler(
+    db: &TestDb,
+) -> Result<(LivePool, Exits, PoolConnection<Sqlite>), Box<dyn std::error::Error + Send + Sync>> {
+    let (writer, exits) = open(db).await?;
+    common::create_table(&writer.pool()).await?;
+    insert(&writer.pool(), "x").await?;
+    let straggler = writer.pool().acquire().await?;
+    db.replace_file().await?;
+    let healed = within("writer heal", writer.check_file()).await?;
+    assert!(matches!(healed, Some(Outcome::Healed(_))), "{healed:?}");
+    Ok((writer, exits, straggler))
 }
 
 /// A restore by rename: both pools heal onto it.
@@ -48,13 +65,7 @@ async fn a_writer_and_a_reader_pool_both_heal_onto_a_restore() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_livepool_opens_while_another_ones_replaced_pool_drains() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (writer, _w) = open(&db).await?;
-    common::create_table(&writer.pool()).await?;
-    insert(&writer.pool(), "x").await?;
-    let straggler = writer.pool().acquire().await?;
-    db.replace_file().await?;
-    let healed = within("writer heal", writer.check_file()).await?;
-    assert!(matches!(healed, Some(Outcome::Healed(_))), "{healed:?}");
+    let (writer, _w, straggler) = healed_with_a_straggler(&db).await?;
 
     let second = open(&db).await;
     drop(straggler);
@@ -73,13 +84,7 @@ async fn a_second_livepool_opens_while_another_ones_replaced_pool_drains() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_wrapped_pool_opens_while_another_ones_replaced_pool_drains() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (writer, _w) = open(&db).await?;
-    common::create_table(&writer.pool()).await?;
-    insert(&writer.pool(), "x").await?;
-    let straggler = writer.pool().acquire().await?;
-    db.replace_file().await?;
-    let healed = within("writer heal", writer.check_file()).await?;
-    assert!(matches!(healed, Some(Outcome::Healed(_))), "{healed:?}");
+    let (writer, _w, straggler) = healed_with_a_straggler(&db).await?;
 
     let pool = TestDb::pool_options().connect_with(db.options()).await?;
     let (_calls, reopen) = common::counting_reopen(db.options());
