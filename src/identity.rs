@@ -218,23 +218,31 @@ impl DbFile {
     /// Tells a deletion from a move by the link count of the file this
     /// process still has open (Linux: found through `/proc/self/fd`).
     fn gone_fault(&self) -> FileFault {
-        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-            return FileFault::Deleted;
-        };
-        for fd in fds.flatten() {
-            // `metadata` follows the fd link to the open inode, even an unlinked one.
-            if let Ok(meta) = std::fs::metadata(fd.path())
-                && file_id(&meta) == self.id
-            {
-                return if links(&meta) == 0 {
+        descriptors()
+            .find(|(_, meta)| file_id(meta) == self.id)
+            .map_or(FileFault::Deleted, |(_, meta)| {
+                if links(&meta) == 0 {
                     FileFault::Deleted
                 } else {
                     FileFault::Moved
-                };
-            }
-        }
-        FileFault::Deleted
+                }
+            })
     }
+}
+
+/// The process's open descriptors (their `/proc/self/fd` paths), each with
+/// the file it leads to (`metadata` follows the link to the open inode, even
+/// an unlinked one). Linux; elsewhere none are seen.
+fn descriptors() -> impl Iterator<Item = (PathBuf, std::fs::Metadata)> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let path = fd.path();
+            let meta = std::fs::metadata(&path).ok()?;
+            Some((path, meta))
+        })
 }
 
 /// Files of replaced generations, of every `LivePool` in the process: their
@@ -259,15 +267,9 @@ pub(crate) struct OpenFiles(Vec<(std::ffi::OsString, FileId)>);
 
 impl OpenFiles {
     pub(crate) fn now() -> Self {
-        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-            return OpenFiles::default();
-        };
         OpenFiles(
-            fds.flatten()
-                .filter_map(|fd| {
-                    let meta = std::fs::metadata(fd.path()).ok()?;
-                    Some((fd.file_name(), file_id(&meta)))
-                })
+            descriptors()
+                .filter_map(|(fd, meta)| Some((fd.file_name()?.to_owned(), file_id(&meta))))
                 .collect(),
         )
     }
@@ -281,28 +283,22 @@ impl OpenFiles {
 /// is not `id`, through a descriptor not in `before` and not on a retired
 /// generation's file (Linux: `/proc/self/fd`; elsewhere nothing is found).
 fn other_open_file(path: &Path, id: FileId, before: &OpenFiles) -> bool {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
     let retired = RETIRED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let mut deleted = path.as_os_str().to_owned();
     deleted.push(" (deleted)");
-    fds.flatten().any(|fd| {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            return false;
-        };
-        if target != path && target.as_os_str() != deleted {
-            return false;
-        }
-        // `metadata` follows the fd link to the open inode, even an unlinked one.
-        std::fs::metadata(fd.path())
-            .map(|meta| file_id(&meta))
-            .is_ok_and(|open| {
-                open != id && !retired.contains(&open) && !before.contains(&fd.file_name(), open)
-            })
+    descriptors().any(|(fd, meta)| {
+        let open = file_id(&meta);
+        let on_path = std::fs::read_link(&fd)
+            .is_ok_and(|target| target == path || target.as_os_str() == deleted);
+        on_path
+            && open != id
+            && !retired.contains(&open)
+            && fd
+                .file_name()
+                .is_none_or(|name| !before.contains(name, open))
     })
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Exits, TestDb, TestResult, count_in_file, insert, within};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use tower_db_liveness::LivePool;
+use tower_db_liveness::{LivePool, Outcome, PoolStatus};
 
 fn rescues_in(dirs: &[&Path]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -50,6 +50,22 @@ async fn open(
     Ok((live, exits))
 }
 
+/// Finds the fault on a task of its own (the check waits for the heal) and
+/// returns once the heal is in flight.
+async fn start_heal(
+    live: &LivePool,
+) -> Result<tokio::task::JoinHandle<Option<Outcome>>, Box<dyn std::error::Error + Send + Sync>> {
+    let checker = live.clone();
+    let check = tokio::spawn(async move { checker.check_file().await });
+    let mut status = live.subscribe();
+    within(
+        "the heal starts",
+        status.wait_for(|s| !matches!(s, PoolStatus::Live { .. })),
+    )
+    .await?;
+    Ok(check)
+}
+
 /// The file is deleted; a request still holds a connection, so the heal
 /// drains; SIGTERM arrives and the app calls `close()`, then exits. The
 /// acknowledged rows must be in a rescue by the time `close()` returns.
@@ -64,14 +80,7 @@ async fn close_during_a_heal_waits_for_the_rescue() -> TestResult {
     let held = live.pool().acquire().await?;
 
     db.unlink_files()?;
-    let checker = live.clone();
-    let check = tokio::spawn(async move { checker.check_file().await });
-    let mut status = live.subscribe();
-    within(
-        "the heal starts",
-        status.wait_for(|s| !matches!(s, tower_db_liveness::PoolStatus::Live { .. })),
-    )
-    .await?;
+    let check = start_heal(&live).await?;
 
     // SIGTERM: the graceful shutdown ends, the app closes the LivePool...
     let started = Instant::now();
@@ -116,14 +125,7 @@ async fn close_during_a_heal_leaves_no_new_pool_open() -> TestResult {
     let held = live.pool().acquire().await?;
 
     db.replace_file().await?;
-    let checker = live.clone();
-    let check = tokio::spawn(async move { checker.check_file().await });
-    let mut status = live.subscribe();
-    within(
-        "the heal starts",
-        status.wait_for(|s| !matches!(s, tower_db_liveness::PoolStatus::Live { .. })),
-    )
-    .await?;
+    let check = start_heal(&live).await?;
     within("close()", live.close()).await?;
     drop(held);
     let outcome = within("the heal ends", check).await?;

@@ -525,17 +525,12 @@ impl LivePool {
         let config = &self.inner.config;
         // A heal in flight rescues and seals the dead file first (it does
         // not reopen any more): wait for it, bounded.
-        if let Some(mut done) = self.inner.heal_in_flight() {
-            let limit = config.rescue.timeout + config.reopen_timeout;
-            if tokio::time::timeout(limit, done.wait_for(Option::is_some))
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    "the heal in flight did not finish within {limit:?} (a rescue failing?); closing anyway: \
-                     the dead database's data may not be saved"
-                );
-            }
+        let limit = config.rescue.timeout + config.reopen_timeout;
+        if tokio::time::timeout(limit, self.healed()).await.is_err() {
+            tracing::error!(
+                "the heal in flight did not finish within {limit:?} (a rescue failing?); closing anyway: \
+                 the dead database's data may not be saved"
+            );
         }
         let retiring = self.inner.take_retiring();
         let all = async {
