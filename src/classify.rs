@@ -100,7 +100,79 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
         // A heal closes the dead pool: a request that got to it late is
         // refused, and its retry lands on the new pool.
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ErrorClass::Transient,
+        // A dead socket (Postgres): sqlx drops the connection and opens a new
+        // one on the next acquire.
+        sqlx::Error::Io(_) => ErrorClass::Transient,
         _ => ErrorClass::Other,
+    }
+}
+
+/// A database error's code, for the driver that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Code {
+    /// Not a database error, or a driver the crate does not read.
+    #[default]
+    None,
+    /// SQLite's extended result code.
+    Sqlite(i32),
+    /// A Postgres SQLSTATE (five ASCII characters).
+    Sqlstate([u8; 5]),
+}
+
+impl Code {
+    /// SQLite's code, if this is one.
+    pub(crate) fn sqlite(self) -> Option<i32> {
+        match self {
+            Code::Sqlite(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE, if this is one.
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Code::Sqlstate(code) => std::str::from_utf8(code).ok(),
+            _ => None,
+        }
+    }
+
+    /// The code of `err`, read only from a driver the crate knows.
+    pub(crate) fn of(err: &sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Database(db) => Code::of_database(db.as_ref()),
+            _ => Code::None,
+        }
+    }
+
+    pub(crate) fn of_database(db: &dyn DatabaseError) -> Self {
+        if let Some(code) = sqlite_code(db) {
+            return Code::Sqlite(code);
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(code) = crate::backend::postgres::sqlstate(db) {
+            return Code::Sqlstate(code);
+        }
+        Code::None
+    }
+
+    /// How the crate classifies this code.
+    pub(crate) fn class(self) -> ErrorClass {
+        match self {
+            Code::Sqlite(code) => classify_code(code),
+            #[cfg(feature = "postgres")]
+            Code::Sqlstate(code) => crate::backend::postgres::classify_sqlstate(&code),
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Code::None => f.write_str("none"),
+            Code::Sqlite(code) => write!(f, "SQLite code {code}"),
+            Code::Sqlstate(_) => write!(f, "SQLSTATE {}", self.sqlstate().unwrap_or("?")),
+        }
     }
 }
 
@@ -150,11 +222,11 @@ impl Found<'_> {
         }
     }
 
-    /// SQLite's extended result code, when the error is SQLite's.
-    pub(crate) fn code(&self) -> Option<i32> {
+    /// The error's code, when its driver is one the crate reads.
+    pub(crate) fn code(&self) -> Code {
         match self {
-            Found::Sqlx(err) => result_code(err),
-            Found::Database(db) => sqlite_code(*db),
+            Found::Sqlx(err) => Code::of(err),
+            Found::Database(db) => Code::of_database(*db),
         }
     }
 }
@@ -180,21 +252,17 @@ pub(crate) fn find_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<Fou
         if let Some(db) = current.downcast_ref::<SqliteError>() {
             return Some(Found::Database(db));
         }
-        // Any driver's: classified by the same SQLite-only rule below.
+        #[cfg(feature = "postgres")]
+        if let Some(db) = current.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            return Some(Found::Database(db));
+        }
+        // Any driver's: classified by its code, if it is a driver the crate reads.
         if let Some(db) = current.downcast_ref::<Box<dyn DatabaseError>>() {
             return Some(Found::Database(db.as_ref()));
         }
         next = current.source();
     }
     None
-}
-
-/// The SQLite extended result code of a database error, if it is SQLite's.
-pub(crate) fn result_code(err: &sqlx::Error) -> Option<i32> {
-    match err {
-        sqlx::Error::Database(db) => sqlite_code(db.as_ref()),
-        _ => None,
-    }
 }
 
 /// SQLite's code, read only from a `SqliteError`: another driver's code
@@ -205,9 +273,9 @@ fn sqlite_code(db: &dyn DatabaseError) -> Option<i32> {
 }
 
 fn classify_database_error(db: &dyn DatabaseError) -> ErrorClass {
-    // Never the message: it can carry user input, and a `SqliteError`
-    // always has a code.
-    sqlite_code(db).map_or(ErrorClass::Other, classify_code)
+    // Never the message: it can carry user input, and a `SqliteError` (or
+    // `PgDatabaseError`) always has a code.
+    Code::of_database(db).class()
 }
 
 /// Classifies a SQLite (extended) result code.

@@ -29,7 +29,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::classify::{ErrorClass, classify, result_code};
+use crate::classify::{Code, ErrorClass, classify};
 
 /// A handler error wrapping a `sqlx::Error`.
 ///
@@ -151,7 +151,7 @@ impl ErrorMark {
     pub fn new(err: &sqlx::Error) -> Self {
         ErrorMark(Marked {
             class: classify(err),
-            code: result_code(err),
+            code: Code::of(err),
             message: err.to_string(),
         })
     }
@@ -199,7 +199,7 @@ impl axum_core::response::IntoResponseParts for ErrorMark {
 #[derive(Clone, Debug)]
 pub(crate) struct Marked {
     pub(crate) class: ErrorClass,
-    pub(crate) code: Option<i32>,
+    pub(crate) code: Code,
     pub(crate) message: String,
 }
 
@@ -316,7 +316,7 @@ mod tests {
             marked,
             Some(Marked {
                 class: ErrorClass::Transient,
-                code: None,
+                code: Code::None,
                 ..
             })
         ));

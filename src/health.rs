@@ -165,7 +165,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -180,16 +180,16 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::blocking::{self, Stuck};
-use crate::classify::{ErrorClass, classify, result_code};
-use crate::live_pool::{Fault, GiveUpReason, LivePool, PoolStatus, WeakLivePool, read_page};
+use crate::backend::Backend;
+use crate::live_pool::{AnyLive, Fault, GiveUpReason, LivePool, PoolStatus, WeakAnyLive};
+
+mod finding;
+pub(crate) use finding::{Detail, Finding};
 
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
 
-/// The key of the database's entry in `checks`.
-const CHECK_KEY: &str = "sqlite:responseTime";
 const HEALTH_JSON: &str = "application/health+json";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a probe may run on after the answers it was started for timed
@@ -198,7 +198,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 const FLIGHT_LIMIT: Duration = Duration::from_secs(10);
 /// Consecutive probes whose file identity check was stuck (a hung mount)
 /// before the answer is `fail`; the ones before it are `warn`.
-const STUCK_PROBES: u32 = 3;
+pub(crate) const STUCK_PROBES: u32 = 3;
 
 /// A tower service that answers health checks from a probe of the database.
 ///
@@ -222,7 +222,7 @@ const STUCK_PROBES: u32 = 3;
 /// ```
 #[derive(Clone)]
 pub struct HealthService {
-    live: LivePool,
+    live: AnyLive,
     config: Config,
     flight: Arc<Flight>,
 }
@@ -236,9 +236,9 @@ struct Config {
 
 impl HealthService {
     /// A health service probing `live`'s current pool.
-    pub fn new(live: LivePool) -> Self {
+    pub fn new<DB: Backend>(live: LivePool<DB>) -> Self {
         HealthService {
-            live,
+            live: live.erase(),
             config: Config {
                 timeout: DEFAULT_TIMEOUT,
                 always_ok: false,
@@ -404,6 +404,7 @@ impl HealthService {
             output: detail.map(|d| if self.config.verbose { d.full } else { d.safe }),
             generation: self.live.generation(),
             heals: self.live.recent_heals(),
+            check_key: self.live.check_key(),
         }
     }
 
@@ -418,7 +419,7 @@ impl HealthService {
     }
 
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
-    pub(crate) fn live(&self) -> &LivePool {
+    pub(crate) fn live(&self) -> &AnyLive {
         &self.live
     }
 }
@@ -438,7 +439,7 @@ impl fmt::Debug for HealthService {
 #[derive(Clone)]
 #[cfg_attr(not(any(feature = "tonic", feature = "systemd")), allow(dead_code))]
 pub(crate) struct WeakHealth {
-    live: WeakLivePool,
+    live: WeakAnyLive,
     config: Config,
     flight: Arc<Flight>,
 }
@@ -548,6 +549,8 @@ pub(crate) struct Report {
     pub(crate) output: Option<String>,
     pub(crate) generation: u64,
     heals: usize,
+    /// The key of the database's entry in `checks` (`sqlite:responseTime`).
+    check_key: &'static str,
 }
 
 impl Report {
@@ -570,7 +573,7 @@ impl Report {
         }
         json!({
             "status": self.status.as_str(),
-            "checks": { CHECK_KEY: [check] },
+            "checks": { self.check_key: [check] },
             "generation": self.generation,
             "heals": self.heals,
         })
@@ -620,24 +623,6 @@ fn now_utc() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-/// A finding's text: `safe` holds no path and no SQLite message.
-#[derive(Debug, Clone)]
-struct Detail {
-    safe: String,
-    full: String,
-}
-
-impl Detail {
-    /// A text that is safe as it is.
-    fn same(text: impl Into<String>) -> Self {
-        let text = text.into();
-        Detail {
-            safe: text.clone(),
-            full: text,
-        }
-    }
-}
-
 fn safe_fault(fault: &Fault) -> String {
     match fault {
         Fault::File(file) => format!("database file {}", file.as_str()),
@@ -645,6 +630,13 @@ fn safe_fault(fault: &Fault) -> String {
             code: Some(code), ..
         } => format!("fatal database error (SQLite code {code})"),
         Fault::Error { code: None, .. } => "fatal database error".to_owned(),
+        Fault::NotWritable {
+            sqlstate: Some(code),
+            ..
+        } => format!("the database server does not take writes (SQLSTATE {code})"),
+        Fault::NotWritable { sqlstate: None, .. } => {
+            "the database server does not take writes".to_owned()
+        }
     }
 }
 
@@ -655,16 +647,6 @@ fn safe_reason(reason: &GiveUpReason) -> &'static str {
         GiveUpReason::Recurred { .. } => "the fault recurred after a heal",
         GiveUpReason::TooManyHeals { .. } => "too many heals",
     }
-}
-
-/// What one probe found.
-#[derive(Debug, Clone)]
-enum Finding {
-    Pass,
-    /// A lock, an exhausted pool, a timeout: `warn`.
-    Transient(Detail),
-    /// A dead or unreadable database: `fail`.
-    Dead(Detail),
 }
 
 #[derive(Debug, Clone)]
@@ -692,7 +674,7 @@ struct InFlight {
 }
 
 impl Flight {
-    fn join_or_start(&self, live: &LivePool, limit: Duration, check_bound: Duration) -> InFlight {
+    fn join_or_start(&self, live: &AnyLive, limit: Duration, check_bound: Duration) -> InFlight {
         // Nothing under this lock can panic half-way through an update.
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = slot.as_ref()
@@ -716,14 +698,12 @@ impl Flight {
         tokio::spawn(async move {
             let started = Instant::now();
             let generation = live.generation();
-            let (generation, finding) =
-                tokio::time::timeout(limit, probe(&live, check_bound, &stuck))
-                    .await
-                    .unwrap_or_else(|_| {
-                        let text =
-                            format!("the probe did not finish within {} ms", limit.as_millis());
-                        (generation, Finding::Transient(Detail::same(text)))
-                    });
+            let (generation, finding) = tokio::time::timeout(limit, live.probe(check_bound, stuck))
+                .await
+                .unwrap_or_else(|_| {
+                    let text = format!("the probe did not finish within {} ms", limit.as_millis());
+                    (generation, Finding::Transient(Detail::same(text)))
+                });
             let latency = started.elapsed();
             crate::metrics::probe_ran(latency);
             let _ = tx.send(Some(Probed {
@@ -734,98 +714,5 @@ impl Flight {
             }));
         });
         flight
-    }
-}
-
-/// File identity, then a page read, on the generation in service; a fatal
-/// finding is handed to the policy.
-///
-/// The identity check runs on the crate's filesystem threads and is given
-/// up after `bound`: a stuck check is `warn`, and `fail` from the
-/// [`STUCK_PROBES`]th in a row. `stuck` counts them across probes.
-async fn probe(live: &LivePool, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
-    let current = live.current();
-    let generation = current.number;
-    if let Some(file) = current.file.clone() {
-        let path = file.path().to_owned();
-        // A stat can block on a dead network filesystem: keep it off the runtime.
-        let checked = blocking::run(bound, move || file.check()).await;
-        let in_a_row = match checked {
-            Err(_) => stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1),
-            Ok(_) => {
-                stuck.store(0, Ordering::Relaxed);
-                0
-            }
-        };
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(fault)) => {
-                // The policy takes the finding now; the answer does not wait
-                // for the heal it starts.
-                drop(live.report_fault(generation, Fault::File(fault)));
-                let detail = Detail {
-                    safe: format!("database file {}", fault.as_str()),
-                    full: format!("{fault}: {}", path.display()),
-                };
-                return (generation, Finding::Dead(detail));
-            }
-            // A hung mount is not a dead file: nothing is reported to the
-            // policy, and no page is read (it would only wait longer).
-            Err(Stuck { bound }) => {
-                let safe = format!(
-                    "the file identity check did not answer within {} ms",
-                    bound.as_millis()
-                );
-                let full = format!("{safe}: {}", path.display());
-                if in_a_row < STUCK_PROBES {
-                    return (generation, Finding::Transient(Detail { safe, full }));
-                }
-                let detail = Detail {
-                    safe: format!("{safe} ({in_a_row} probes in a row)"),
-                    full: format!("{full} ({in_a_row} probes in a row)"),
-                };
-                return (generation, Finding::Dead(detail));
-            }
-        }
-    }
-    let err = match read_page(&current.pool).await {
-        Ok(()) => return (generation, Finding::Pass),
-        Err(err) => err,
-    };
-    let class = classify(&err);
-    let code = result_code(&err);
-    let safe = match (&err, code) {
-        (_, Some(code)) => format!("{class} database error (SQLite code {code})"),
-        // sqlx's own fixed texts; nothing from the file system or SQLite.
-        (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed, _) => {
-            format!("{class} database error: {err}")
-        }
-        _ => format!("{class} database error"),
-    };
-    let detail = Detail {
-        safe,
-        full: format!("{class} database error: {err}"),
-    };
-    match class {
-        // Closed under a heal, the pool is the policy's business (its state
-        // answers first); a pool in service that is closed serves nothing.
-        ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
-            generation,
-            Finding::Dead(Detail::same("the pool in service is closed")),
-        ),
-        ErrorClass::Transient => (generation, Finding::Transient(detail)),
-        // CANTOPEN with the file in place (checked above): a descriptor
-        // shortage, say. Reported, so the policy checks again; not dead.
-        ErrorClass::Fatal if code.is_some_and(|code| code & 0xff == 14) => {
-            drop(live.report_classified(generation, class, code, &err));
-            (generation, Finding::Transient(detail))
-        }
-        ErrorClass::Fatal => {
-            drop(live.report_classified(generation, class, code, &err));
-            (generation, Finding::Dead(detail))
-        }
-        // The probe's query cannot fail on a healthy database: whatever this
-        // is (a closed pool, say), the database is not serving.
-        ErrorClass::Other => (generation, Finding::Dead(detail)),
     }
 }

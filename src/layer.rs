@@ -56,9 +56,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::backend::Backend;
+use crate::classify::Code;
 use crate::classify::{ErrorClass, Found, find_in_chain};
 use crate::error::Marked;
-use crate::live_pool::LivePool;
+use crate::live_pool::{AnyLive, LivePool};
 
 /// The tower layer: `.layer(DbLivenessLayer::new(live))` in any stack whose
 /// responses are `http::Response`s (axum, hyper, tonic, tower-http).
@@ -114,7 +116,7 @@ use crate::live_pool::LivePool;
 /// [`find_errors::<BoxedErrors>()`](Self::find_errors) for
 /// `Box<dyn Error + Send + Sync>` (tower's `BoxError`) and `anyhow::Error`.
 pub struct DbLivenessLayer<F = ErrorSources> {
-    live: LivePool,
+    live: AnyLive,
     hold_timeout: Duration,
     _find: PhantomData<fn() -> F>,
 }
@@ -124,9 +126,9 @@ const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl DbLivenessLayer {
     /// A layer reporting to `live`.
-    pub fn new(live: LivePool) -> Self {
+    pub fn new<DB: Backend>(live: LivePool<DB>) -> Self {
         DbLivenessLayer {
-            live,
+            live: live.erase(),
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             _find: PhantomData,
         }
@@ -241,7 +243,7 @@ impl<E: AsRef<dyn StdError + Send + Sync + 'static>> FindError<E> for BoxedError
 /// The service made by [`DbLivenessLayer`].
 pub struct DbLiveness<S, F = ErrorSources> {
     inner: S,
-    live: LivePool,
+    live: AnyLive,
     hold_timeout: Duration,
     _find: PhantomData<fn() -> F>,
 }
@@ -369,7 +371,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
-        live: LivePool,
+        live: AnyLive,
         generation: u64,
         _find: PhantomData<fn() -> F>,
     }
@@ -435,7 +437,7 @@ where
 }
 
 /// Looks for a database error in a finished request and reports it.
-fn inspect<F, B, E>(live: &LivePool, generation: u64, result: &Result<http::Response<B>, E>)
+fn inspect<F, B, E>(live: &AnyLive, generation: u64, result: &Result<http::Response<B>, E>)
 where
     F: FindError<E>,
 {
@@ -492,14 +494,14 @@ fn tonic_status(_: &http::Extensions) -> Option<Found<'_>> {
 }
 
 fn report(
-    live: &LivePool,
+    live: &AnyLive,
     generation: u64,
     via: &'static str,
     class: ErrorClass,
-    code: Option<i32>,
+    code: Code,
     err: &dyn fmt::Display,
 ) {
-    tracing::debug!(via, generation, %class, code, "the layer found a database error");
+    tracing::debug!(via, generation, %class, %code, "the layer found a database error");
     // The policy decides and, for a fatal error, starts the heal before this
     // returns; the returned future would only wait for the outcome, which
     // the response does not (see "The heal runs beside the response").

@@ -331,27 +331,29 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod backend;
 mod blocking;
 mod classify;
 mod error;
 pub mod guide;
 pub mod health;
-mod identity;
 mod layer;
 mod live_pool;
 mod metrics;
-mod rescue;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]
 pub mod systemd;
-mod watchdog;
 
+pub use backend::Backend;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use backend::postgres::Expect;
+pub use backend::sqlite::FileFault;
 pub use classify::{ErrorClass, classify, classify_chain};
 #[cfg(feature = "tonic")]
 pub use error::status_from_sqlx;
 pub use error::{DbError, ErrorMark, mark_response};
 pub use health::HealthService;
-pub use identity::FileFault;
 pub use layer::{
     BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
 };

@@ -94,9 +94,12 @@ pub(crate) fn error_seen(class: ErrorClass) {
 pub(crate) fn healed(fault: &Fault, generation: u64) {
     #[cfg(feature = "metrics")]
     {
-        use crate::identity::FileFault;
+        use crate::backend::sqlite::FileFault;
         let counter = match fault {
             Fault::Error { .. } => counter!("db_liveness_heals_total", "fault" => "error"),
+            Fault::NotWritable { .. } => {
+                counter!("db_liveness_heals_total", "fault" => "not_writable")
+            }
             Fault::File(FileFault::Deleted) => {
                 counter!("db_liveness_heals_total", "fault" => "deleted")
             }

@@ -5,30 +5,39 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::pool::PoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, Database, Pool, Sqlite, SqlitePool};
 
-use super::generation::{Generation, configured_path, open_files};
 use super::{GaveUp, GiveUpFn, LivePool, ReopenFn};
-use crate::rescue::RescueConfig;
+use crate::backend::Backend;
+use crate::backend::sqlite::rescue::RescueConfig;
+use crate::backend::sqlite::{self, SqliteState, configured_path, open_files};
 
-/// Builds a [`LivePool`]; see [`LivePool::builder`] and [`LivePool::builder_with_pool`].
+/// Builds a [`LivePool`]: see [`LivePool::builder`] and
+/// [`LivePool::builder_with_pool`] for SQLite, and `LivePool::postgres` for
+/// Postgres (feature `postgres`).
 #[must_use]
-pub struct LivePoolBuilder {
-    source: Source,
-    config: Config,
+pub struct LivePoolBuilder<DB: Backend = Sqlite> {
+    pub(crate) source: Source<DB>,
+    pub(crate) config: Config,
+    /// What only this backend's builder sets.
+    pub(crate) settings: DB::Settings,
     #[cfg(feature = "migrate")]
     migrator: Option<&'static sqlx::migrate::Migrator>,
 }
 
-enum Source {
+/// The connect options of a backend.
+pub(crate) type ConnectOptions<DB> = <<DB as Database>::Connection as Connection>::Options;
+
+pub(crate) enum Source<DB: Backend> {
     Options {
-        connect: Box<SqliteConnectOptions>,
-        pool: Box<SqlitePoolOptions>,
+        connect: Box<ConnectOptions<DB>>,
+        pool: Box<PoolOptions<DB>>,
     },
     Pool {
-        pool: SqlitePool,
-        reopen: ReopenFn,
+        pool: Pool<DB>,
+        reopen: ReopenFn<DB>,
     },
 }
 
@@ -75,12 +84,27 @@ impl Default for Config {
     }
 }
 
-impl LivePoolBuilder {
+impl<DB: Backend> LivePoolBuilder<DB> {
+    /// Starts from `connect` with sqlx's default pool options and the
+    /// default policy.
+    pub(crate) fn from_options(connect: ConnectOptions<DB>, settings: DB::Settings) -> Self {
+        LivePoolBuilder {
+            source: Source::Options {
+                connect: Box::new(connect),
+                pool: Box::new(PoolOptions::new()),
+            },
+            config: Config::default(),
+            settings,
+            #[cfg(feature = "migrate")]
+            migrator: None,
+        }
+    }
+
     /// Pool options for the initial pool and for every default reopen.
     ///
     /// Only used with [`LivePool::builder`]: with
     /// [`LivePool::builder_with_pool`] your reopen builds the pool.
-    pub fn pool_options(mut self, options: SqlitePoolOptions) -> Self {
+    pub fn pool_options(mut self, options: PoolOptions<DB>) -> Self {
         if let Source::Options { pool, .. } = &mut self.source {
             **pool = options;
         }
@@ -130,12 +154,24 @@ impl LivePoolBuilder {
         self
     }
 
-    /// How long a reopen (connect and verification) may take. Default: 10 s.
+    /// How long a reopen (connect and verification) may take before the
+    /// policy gives up. Default: 10 s for SQLite; for Postgres 60 s, the
+    /// time a failover has to produce a writable primary.
     pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
         self.config.reopen_timeout = timeout;
         self
     }
 
+    /// After a heal, how long the replaced pool's connections still checked
+    /// out are waited for before a warning is logged (they are waited for
+    /// in the background for as long as they stay out). Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+}
+
+impl LivePoolBuilder<Sqlite> {
     /// Let a reopen create the database file when none is at the path.
     /// Default: off.
     ///
@@ -149,14 +185,6 @@ impl LivePoolBuilder {
     /// or the policy gives up.
     pub fn reopen_creates(mut self, on: bool) -> Self {
         self.config.reopen_creates = on;
-        self
-    }
-
-    /// After a heal, how long the replaced pool's connections still checked
-    /// out are waited for before a warning is logged (they are waited for
-    /// in the background for as long as they stay out). Default: 5 s.
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.config.close_timeout = timeout;
         self
     }
 
@@ -260,7 +288,7 @@ impl LivePoolBuilder {
                 // A reopen reattaches the file that was opened and, unless
                 // allowed, never creates it.
                 let reopen_options = connect.create_if_missing(creates);
-                let reopen: ReopenFn = Arc::new(move || {
+                let reopen: ReopenFn<Sqlite> = Arc::new(move || {
                     let (pool, connect) = (pool.as_ref().clone(), reopen_options.clone());
                     Box::pin(async move { pool.connect_with(connect).await })
                 });
@@ -289,15 +317,23 @@ impl LivePoolBuilder {
             }
             None => reopen,
         };
-        let first = Generation::open(pool, 0, configured, before, None).await?;
-        Ok(LivePool::start(first, reopen, self.config))
+        let first = sqlite::open(pool, 0, configured, before, None).await?;
+        Ok(LivePool::start(
+            first,
+            SqliteState { reopen },
+            self.config,
+            Some(sqlite::spawn_watchdog),
+        ))
     }
 }
 
 /// `reopen`, then `migrator` on the new pool (closed again if they fail),
 /// only if the new pool's database has the migrator's table.
 #[cfg(feature = "migrate")]
-fn with_migrations(reopen: ReopenFn, migrator: &'static sqlx::migrate::Migrator) -> ReopenFn {
+fn with_migrations(
+    reopen: ReopenFn<Sqlite>,
+    migrator: &'static sqlx::migrate::Migrator,
+) -> ReopenFn<Sqlite> {
     Arc::new(move || {
         let opened = reopen();
         Box::pin(async move {
@@ -332,7 +368,7 @@ fn with_migrations(reopen: ReopenFn, migrator: &'static sqlx::migrate::Migrator)
     })
 }
 
-impl LivePool {
+impl LivePool<Sqlite> {
     /// A `LivePool` around `pool` that never heals, watches or exits: for
     /// tests (`#[sqlx::test]`) and synchronous router builders.
     ///
@@ -367,28 +403,25 @@ impl LivePool {
             ..Config::default()
         };
         // Never called: the policy does not heal a fixed pool.
-        let reopen: ReopenFn = Arc::new(|| {
+        let reopen: ReopenFn<Sqlite> = Arc::new(|| {
             Box::pin(async {
                 Err(sqlx::Error::Configuration(
                     "a fixed LivePool never reopens".into(),
                 ))
             })
         });
-        LivePool::start(Generation::unverified(pool), reopen, config)
+        LivePool::start(
+            sqlite::unverified(pool),
+            SqliteState { reopen },
+            config,
+            None,
+        )
     }
 
     /// Starts building a `LivePool` that connects with `options` and reopens
     /// with the same options.
     pub fn builder(options: SqliteConnectOptions) -> LivePoolBuilder {
-        LivePoolBuilder {
-            source: Source::Options {
-                connect: Box::new(options),
-                pool: Box::new(SqlitePoolOptions::new()),
-            },
-            config: Config::default(),
-            #[cfg(feature = "migrate")]
-            migrator: None,
-        }
+        LivePoolBuilder::from_options(options, ())
     }
 
     /// Starts building a `LivePool` around a pool you opened, with your own
@@ -427,6 +460,7 @@ impl LivePool {
                 reopen: Arc::new(move || Box::pin(reopen())),
             },
             config: Config::default(),
+            settings: (),
             #[cfg(feature = "migrate")]
             migrator: None,
         }

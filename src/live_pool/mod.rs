@@ -1,6 +1,7 @@
-//! [`LivePool`]: the swappable `SqlitePool` and the reopen-once-or-exit policy.
+//! [`LivePool`]: the swappable pool and the reopen-once-or-exit policy.
 
 mod builder;
+mod erased;
 mod generation;
 mod policy;
 
@@ -8,25 +9,28 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::{Pool, Sqlite};
 use tokio::sync::{oneshot, watch};
 
 pub use builder::LivePoolBuilder;
-pub(crate) use generation::{Generation, read_page};
-pub(crate) use policy::Inner;
+pub(crate) use builder::{Config, Source};
+pub(crate) use erased::{AnyLive, WeakAnyLive};
+pub use generation::Generation;
+pub use policy::Inner;
+pub(crate) use policy::panic_text;
 
-use crate::blocking;
-use crate::classify::{ErrorClass, classify, result_code};
-use crate::identity::{DbFile, FileFault};
+use crate::backend::sqlite::FileFault;
+use crate::backend::{Backend, Triage};
+use crate::classify::{Code, ErrorClass, classify};
 
-/// SQLite's primary CANTOPEN result code.
-const CANTOPEN: i32 = 14;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-type ReopenFn = Arc<dyn Fn() -> BoxFuture<Result<SqlitePool, sqlx::Error>> + Send + Sync>;
+/// Spawns a backend's background checks, which end when the receiver resolves.
+pub(crate) type SpawnChecks<DB> = fn(&Arc<Inner<DB>>, oneshot::Receiver<()>);
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type ReopenFn<DB> =
+    Arc<dyn Fn() -> BoxFuture<Result<Pool<DB>, sqlx::Error>> + Send + Sync>;
 type GiveUpFn = Arc<dyn Fn(&GaveUp) + Send + Sync>;
 /// Work that must be done after a give-up is published and before the exit
 /// action runs (the gRPC bridge's NOT_SERVING).
@@ -63,9 +67,16 @@ pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct LivePool {
-    inner: Arc<Inner>,
+pub struct LivePool<DB: Backend = Sqlite> {
+    inner: Arc<Inner<DB>>,
+}
+
+impl<DB: Backend> Clone for LivePool<DB> {
+    fn clone(&self) -> Self {
+        LivePool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 /// What the policy did with a reported error.
@@ -166,6 +177,16 @@ pub enum Fault {
     },
     /// The database file is no longer the one the pool opened.
     File(FileFault),
+    /// The Postgres server behind a pool meant for writes does not take
+    /// them: a demoted primary (a hot standby now) or a primary turned
+    /// read-only. Found from a write's SQLSTATE `25006` (or `0A000`) once a
+    /// check confirmed it, or by the writability check itself.
+    NotWritable {
+        /// The SQLSTATE of the error that led to the check, if one did.
+        sqlstate: Option<String>,
+        /// What was found (`pg_is_in_recovery()`, `transaction_read_only`).
+        message: String,
+    },
 }
 
 impl Fault {
@@ -174,13 +195,21 @@ impl Fault {
     pub fn code(&self) -> Option<i32> {
         match self {
             Fault::Error { code, .. } => *code,
-            Fault::File(_) => None,
+            Fault::File(_) | Fault::NotWritable { .. } => None,
         }
     }
 
-    pub(crate) fn from_error(err: &dyn fmt::Display, code: Option<i32>) -> Self {
+    /// The Postgres SQLSTATE, for a fault that came from an error that had one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Fault::NotWritable { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_error(err: &dyn fmt::Display, code: Code) -> Self {
         Fault::Error {
-            code,
+            code: code.sqlite(),
             message: err.to_string(),
         }
     }
@@ -189,7 +218,9 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Error { message, .. } => f.write_str(message),
+            Fault::Error { message, .. } | Fault::NotWritable { message, .. } => {
+                f.write_str(message)
+            }
             Fault::File(file) => fmt::Display::fmt(file, f),
         }
     }
@@ -236,7 +267,7 @@ pub enum PoolStatus {
 /// Statuses are handed out as owned copies: a borrowed one held across an
 /// `.await` would stall the policy, which publishes from its own task.
 #[derive(Debug, Clone)]
-pub struct StatusWatch(watch::Receiver<PoolStatus>);
+pub struct StatusWatch(pub(crate) watch::Receiver<PoolStatus>);
 
 impl StatusWatch {
     /// The latest status, which also counts as seen by
@@ -265,16 +296,25 @@ impl StatusWatch {
 /// Errors reported through it are tagged with that generation, so an error
 /// from a pool that was replaced meanwhile is [`Outcome::Stale`] and never
 /// reopens again.
-#[derive(Clone)]
-pub struct Lease {
-    live: LivePool,
+pub struct Lease<DB: Backend = Sqlite> {
+    live: LivePool<DB>,
     generation: u64,
-    pool: SqlitePool,
+    pool: Pool<DB>,
 }
 
-impl Lease {
+impl<DB: Backend> Clone for Lease<DB> {
+    fn clone(&self) -> Self {
+        Lease {
+            live: self.live.clone(),
+            generation: self.generation,
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> Lease<DB> {
     /// The leased pool.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Pool<DB> {
         &self.pool
     }
 
@@ -290,7 +330,7 @@ impl Lease {
     }
 }
 
-impl fmt::Debug for Lease {
+impl<DB: Backend> fmt::Debug for Lease<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
             .field("generation", &self.generation)
@@ -298,24 +338,31 @@ impl fmt::Debug for Lease {
     }
 }
 
-impl LivePool {
-    pub(crate) fn start(first: Generation, reopen: ReopenFn, config: builder::Config) -> Self {
+impl<DB: Backend> LivePool<DB> {
+    /// Starts the policy around `first`; `checks` (the backend's background
+    /// checks) is spawned with a receiver that resolves when the last handle
+    /// is dropped.
+    pub(crate) fn start(
+        first: Generation<DB>,
+        backend: DB::State,
+        config: Config,
+        checks: Option<SpawnChecks<DB>>,
+    ) -> Self {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let watchdog = config.watchdog_interval.is_some();
         let inner = Arc::new(Inner::new(
             first,
-            reopen,
+            backend,
             config,
-            watchdog.then_some(stop_tx),
+            checks.is_some().then_some(stop_tx),
         ));
-        if watchdog {
-            crate::watchdog::spawn(&inner, stop_rx);
+        if let Some(spawn) = checks {
+            spawn(&inner, stop_rx);
         }
         LivePool { inner }
     }
 
     /// The pool currently in service. Call it per request; don't keep it.
-    pub fn pool(&self) -> SqlitePool {
+    pub fn pool(&self) -> Pool<DB> {
         self.inner.current.load().pool.clone()
     }
 
@@ -337,7 +384,7 @@ impl LivePool {
     /// The pool in service now, with its generation: run a piece of work
     /// on [`Lease::pool`] and feed its errors back with [`Lease::report`], so
     /// they are tagged with the generation that produced them.
-    pub fn lease(&self) -> Lease {
+    pub fn lease(&self) -> Lease<DB> {
         let current = self.inner.current.load();
         Lease {
             live: self.clone(),
@@ -373,7 +420,7 @@ impl LivePool {
     /// starts a heal, or joins the one in flight; it resolves when the heal
     /// is done.
     pub async fn report_at(&self, generation: u64, err: &sqlx::Error) -> Outcome {
-        self.report_classified(generation, classify(err), result_code(err), err)
+        self.report_classified(generation, classify(err), Code::of(err), err)
             .await
     }
 
@@ -390,7 +437,7 @@ impl LivePool {
         &self,
         generation: u64,
         class: ErrorClass,
-        code: Option<i32>,
+        code: Code,
         err: &dyn fmt::Display,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         enum Pending<F> {
@@ -400,16 +447,14 @@ impl LivePool {
         }
         crate::metrics::error_seen(class);
         let pending = if !class.is_fatal() {
-            tracing::debug!(%class, code, generation, action = "none", error = %err, "database error is not fatal");
+            tracing::debug!(%class, %code, generation, action = "none", error = %err, "database error is not fatal");
             Pending::Ignored(class)
-        } else if code.is_some_and(|code| code & 0xff == CANTOPEN) {
-            // Decided once the file identity is known, off the request path.
-            let fault = Fault::from_error(err, code);
-            Pending::Check(tokio::spawn(
-                Arc::clone(&self.inner).cantopen(generation, fault),
-            ))
         } else {
-            Pending::Fatal(self.inner.fatal(generation, Fault::from_error(err, code)))
+            match DB::triage(&self.inner, generation, code, err) {
+                Triage::Fatal(fault) => Pending::Fatal(self.inner.fatal(generation, fault)),
+                Triage::Check(check) => Pending::Check(check),
+                Triage::Ignored(class) => Pending::Ignored(class),
+            }
         };
         async move {
             match pending {
@@ -420,23 +465,6 @@ impl LivePool {
                     .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
             }
         }
-    }
-
-    /// Compares the database file the pool opened with what its path leads
-    /// to now, and reports a deleted, moved or replaced file to the policy
-    /// (the watchdog runs this periodically).
-    ///
-    /// Returns `None` when the file is in place (or the database has no file).
-    /// The check runs off the runtime; a check that does not answer within
-    /// 2 s (a hung mount) is not a finding and returns `None`.
-    pub async fn check_file(&self) -> Option<Outcome> {
-        let current = self.inner.current();
-        let file = current.file.clone()?;
-        let fault = blocking::run(generation::FS_BOUND, move || file.check())
-            .await
-            .ok()?
-            .err()?;
-        Some(self.inner.fatal(current.number, Fault::File(fault)).await)
     }
 
     /// Follows the policy: live, healing, live again (with the heal's
@@ -451,16 +479,8 @@ impl LivePool {
         self.inner.status.borrow().clone()
     }
 
-    /// The generation and whether a heal is in flight, from one atomic load
-    /// (the layer's per-request cost).
-    #[inline]
-    pub(crate) fn load_state(&self) -> (u64, bool) {
-        let (generation, healing, _) = self.inner.load_state();
-        (generation, healing)
-    }
-
-    /// The generation in service, with its pool, file and sentinel.
-    pub(crate) fn current(&self) -> Arc<Generation> {
+    /// The generation in service, with its pool and what its backend recorded.
+    pub(crate) fn current(&self) -> Arc<Generation<DB>> {
         self.inner.current()
     }
 
@@ -476,22 +496,19 @@ impl LivePool {
         self.inner.fatal(generation, fault)
     }
 
-    /// Heals made within the heal window: what [`LivePoolBuilder::max_heals`]
-    /// counts.
-    pub(crate) fn recent_heals(&self) -> usize {
-        self.inner.recent_heals()
+    /// The same pool behind a type-erased handle, for the layer and the
+    /// health service.
+    pub(crate) fn erase(&self) -> AnyLive {
+        AnyLive::new(Arc::clone(&self.inner))
     }
 
-    /// A handle for background tasks that must not keep the pool alive.
-    pub(crate) fn downgrade(&self) -> WeakLivePool {
-        WeakLivePool(Arc::downgrade(&self.inner))
+    /// The policy's shared state (the backends' background checks).
+    pub(crate) fn inner(&self) -> &Arc<Inner<DB>> {
+        &self.inner
     }
 
-    /// Runs `hook` after a give-up has been published and before the exit
-    /// action, awaited (all hooks together at most 2 s).
-    #[cfg_attr(not(feature = "tonic"), allow(dead_code))] // used by the gRPC bridge
-    pub(crate) fn before_exit(&self, hook: GiveUpHook) {
-        self.inner.push_give_up_hook(hook);
+    pub(crate) fn from_inner(inner: Arc<Inner<DB>>) -> Self {
+        LivePool { inner }
     }
 
     /// Waits until the heal in flight, if any, has finished.
@@ -554,9 +571,7 @@ impl LivePool {
         let current = self.inner.current();
         let closed = async {
             current.pool.close().await;
-            if let Some(conn) = current.sentinel.lock().await.take() {
-                let _ = sqlx::Connection::close(conn).await;
-            }
+            DB::close(&current).await;
         };
         if tokio::time::timeout(config.close_timeout, closed)
             .await
@@ -570,22 +585,11 @@ impl LivePool {
     }
 }
 
-/// A [`LivePool`] handle that does not keep the pool alive.
-#[derive(Clone)]
-pub(crate) struct WeakLivePool(Weak<Inner>);
-
-impl WeakLivePool {
-    pub(crate) fn upgrade(&self) -> Option<LivePool> {
-        self.0.upgrade().map(|inner| LivePool { inner })
-    }
-}
-
-impl fmt::Debug for LivePool {
+impl<DB: Backend> fmt::Debug for LivePool<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let current = self.inner.current.load();
         f.debug_struct("LivePool")
-            .field("generation", &current.number)
-            .field("file", &current.file.as_ref().map(DbFile::path))
+            .field("backend", &<DB as crate::backend::sealed::Sealed>::NAME)
+            .field("generation", &self.generation())
             .field("healing", &self.is_healing())
             .field("gave_up", &self.has_given_up())
             .finish()

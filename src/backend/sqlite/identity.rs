@@ -207,7 +207,7 @@ impl DbFile {
                 continue;
             }
             let mut name = at.as_os_str().to_owned();
-            name.push(format!(".stale-{}", crate::rescue::unique_suffix()));
+            name.push(format!(".stale-{}", super::rescue::unique_suffix()));
             let aside = PathBuf::from(name);
             std::fs::rename(&at, &aside)?;
             moved.push(aside);

@@ -23,6 +23,8 @@ use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 use crate::blocking;
+use sqlx::Sqlite;
+
 use crate::live_pool::{Fault, Inner};
 
 /// How long a tick waits for the file identity check. A `stat` that takes
@@ -31,7 +33,7 @@ const CHECK_BOUND: Duration = Duration::from_secs(1);
 /// Stuck checks in a row before the watchdog logs an error.
 const STUCK_CHECKS: u32 = 3;
 
-pub(crate) fn spawn(inner: &Arc<Inner>, stop: oneshot::Receiver<()>) {
+pub(crate) fn spawn(inner: &Arc<Inner<Sqlite>>, stop: oneshot::Receiver<()>) {
     let Some(interval) = inner.config.watchdog_interval else {
         return;
     };
@@ -43,7 +45,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>, stop: oneshot::Receiver<()>) {
 }
 
 async fn run(
-    inner: Weak<Inner>,
+    inner: Weak<Inner<Sqlite>>,
     interval: Duration,
     fs_watch: bool,
     mut stop: oneshot::Receiver<()>,

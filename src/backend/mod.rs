@@ -1,0 +1,97 @@
+//! What differs between databases, one module per backend: how an error is
+//! read, what is verified when a pool is opened, how a dead generation is
+//! replaced, what the health probe reads. The policy around them
+//! ([`LivePool`](crate::LivePool)'s single flight, generations, budget,
+//! give-up and exit) is the same for all.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use crate::classify::{Code, ErrorClass};
+use crate::health::Finding;
+use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, LivePool, Outcome};
+
+/// A database [`LivePool`](crate::LivePool) supports: [`sqlx::Sqlite`], and
+/// [`sqlx::Postgres`] with the `postgres` feature.
+///
+/// Sealed: the crate implements it for the databases it knows how to watch.
+pub trait Backend: sealed::Sealed {}
+
+impl Backend for sqlx::Sqlite {}
+
+#[cfg(feature = "postgres")]
+impl Backend for sqlx::Postgres {}
+
+/// What a fatal error is, once the backend has looked at it.
+pub enum Triage {
+    /// Heal now.
+    Fatal(Fault),
+    /// Decided off the request path (a check runs first).
+    Check(tokio::task::JoinHandle<Outcome>),
+    /// Not fatal for this pool after all.
+    Ignored(ErrorClass),
+}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The backend's half of the policy. Nominally public so that
+    /// [`Backend`] can name it; unreachable from outside the crate.
+    pub trait Sealed: sqlx::Database + Sized {
+        /// What is recorded per generation.
+        type Extra: Send + Sync + 'static;
+        /// What the heals of every generation share.
+        type State: Send + Sync + 'static;
+        /// What only this backend's builder sets.
+        type Settings: Send + 'static;
+        /// The backend's name in logs and `Debug` output.
+        const NAME: &'static str;
+        /// The key of the database's entry in the health body's `checks`.
+        const CHECK_KEY: &'static str;
+
+        /// A fatal error (by class) about `generation`: heal, check first,
+        /// or not fatal for this pool.
+        fn triage(
+            inner: &Arc<Inner<Self>>,
+            generation: u64,
+            code: Code,
+            err: &dyn fmt::Display,
+        ) -> Triage;
+
+        /// Everything between a fatal finding and a verified new
+        /// generation. Also returns where the dead generation's data was
+        /// rescued, if it was.
+        fn replace(
+            inner: &Arc<Inner<Self>>,
+            old: &Arc<Generation<Self>>,
+            fault: &Fault,
+        ) -> impl Future<Output = (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>)> + Send;
+
+        /// Lets a replaced generation go, in the background.
+        fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>);
+
+        /// Closes a generation that failed verification, in the background.
+        fn discard(generation: Generation<Self>);
+
+        /// Closes the generation in service (from `LivePool::close`).
+        fn close(generation: &Generation<Self>) -> impl Future<Output = ()> + Send;
+
+        /// The health probe's read of the generation in service; a fatal
+        /// finding is handed to the policy. `stuck` counts probes in a row
+        /// that did not answer within `bound`.
+        fn probe(
+            live: &LivePool<Self>,
+            bound: Duration,
+            stuck: &AtomicU32,
+        ) -> impl Future<Output = (u64, Finding)> + Send
+        where
+            Self: Backend;
+    }
+}

@@ -1,0 +1,477 @@
+//! Postgres: never pinned to a server that does not take writes.
+//!
+//! Every new connection of a pool meant for writes is checked once when it
+//! is opened (`after_connect`); a write's `25006`/`0A000`, confirmed by the
+//! same check, a background check on an idle connection and the health
+//! probe find a pool whose server stopped taking writes under it. The heal
+//! closes the pinned pool, waits for a writable primary with single direct
+//! connections and jittered back-off, and swaps in a new gated pool.
+
+mod classify;
+mod writable;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::oneshot;
+
+pub(crate) use classify::{classify_sqlstate, sqlstate};
+use writable::{ATTEMPT_BOUND, Writability, gated, jitter, wait_for_writable, writability};
+
+use super::Triage;
+use super::sealed::Sealed;
+use crate::classify::{Code, ErrorClass, classify};
+use crate::health::{Detail, Finding, STUCK_PROBES};
+use crate::live_pool::{
+    Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome,
+};
+
+/// What a Postgres [`LivePool`] expects of the server behind it; see
+/// [`LivePoolBuilder::expect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Expect {
+    /// The pool is for writes (a primary's endpoint): a server that does
+    /// not take writes is never connected to, and finding one under the
+    /// pool is fatal for its generation.
+    #[default]
+    Writable,
+    /// Any server (a read replica's endpoint): read-only is never fatal,
+    /// and new connections are not checked.
+    Any,
+}
+
+/// What only a Postgres builder sets.
+#[derive(Debug, Clone, Copy)]
+pub struct PgSettings {
+    expect: Expect,
+    check_interval: Option<Duration>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            expect: Expect::Writable,
+            check_interval: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What the heals of a Postgres `LivePool` share: how to reach the server.
+pub struct PgState {
+    connect: PgConnectOptions,
+    pool: PgPoolOptions,
+    settings: PgSettings,
+    /// The policy, for the gates of every generation's pool (set once the
+    /// policy exists, right after the first pool is opened).
+    policy: PolicyCell,
+}
+
+/// Where a gate finds the policy to report to.
+pub(crate) type PolicyCell = Arc<OnceLock<Weak<Inner<Postgres>>>>;
+
+impl Sealed for Postgres {
+    type Extra = ();
+    type State = PgState;
+    type Settings = PgSettings;
+    const NAME: &'static str = "postgres";
+    const CHECK_KEY: &'static str = "postgres:responseTime";
+
+    fn triage(
+        inner: &Arc<Inner<Self>>,
+        generation: u64,
+        code: Code,
+        err: &dyn fmt::Display,
+    ) -> Triage {
+        let Code::Sqlstate(sqlstate) = code else {
+            // `WorkerCrashed`: nothing Postgres-specific about it.
+            return Triage::Fatal(Fault::from_error(err, code));
+        };
+        if inner.backend.settings.expect == Expect::Any {
+            // A read-only answer is what a replica gives: the write was the bug.
+            return Triage::Ignored(ErrorClass::Other);
+        }
+        let sqlstate = String::from_utf8_lossy(&sqlstate).into_owned();
+        Triage::Check(tokio::spawn(confirm(
+            Arc::clone(inner),
+            generation,
+            sqlstate,
+            err.to_string(),
+        )))
+    }
+
+    async fn replace(
+        inner: &Arc<Inner<Self>>,
+        old: &Arc<Generation<Self>>,
+        _fault: &Fault,
+    ) -> (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>) {
+        // Writes on the pinned pool fail fast (PoolClosed, 503) from now on
+        // instead of reaching a server that refuses them.
+        drop(old.pool.close());
+        if let Some(reason) = inner.budget_exceeded(old) {
+            return (Err(reason), None);
+        }
+        (reopen(inner, old.number + 1).await, None)
+    }
+
+    fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
+        let limit = inner.config.close_timeout;
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, old.pool.close()).await.is_err() {
+                tracing::warn!(
+                    generation = old.number,
+                    "replaced pool still has connections checked out after {limit:?}"
+                );
+            }
+        });
+    }
+
+    fn discard(generation: Generation<Self>) {
+        tokio::spawn(async move { generation.pool.close().await });
+    }
+
+    async fn close(_generation: &Generation<Self>) {}
+
+    async fn probe(live: &LivePool<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding)
+    where
+        Self: super::Backend,
+    {
+        probe(live, bound, stuck).await
+    }
+}
+
+/// A `25006`/`0A000` is fatal only if the server really does not take
+/// writes: the application's own read-only transaction gets `25006` too.
+async fn confirm(
+    inner: Arc<Inner<Postgres>>,
+    generation: u64,
+    sqlstate: String,
+    message: String,
+) -> Outcome {
+    let current = inner.current();
+    if current.number != generation {
+        return Outcome::Stale {
+            reported: generation,
+            current: current.number,
+        };
+    }
+    let checked = tokio::time::timeout(ATTEMPT_BOUND, async {
+        let mut conn = current.pool.acquire().await?;
+        writability(&mut *conn).await
+    })
+    .await;
+    match checked {
+        Ok(Ok(Writability::NotWritable(why))) => {
+            let fault = Fault::NotWritable {
+                sqlstate: Some(sqlstate),
+                message: format!("{message}: {why}"),
+            };
+            inner.fatal(generation, fault).await
+        }
+        Ok(Ok(Writability::Writable)) => {
+            tracing::info!(
+                sqlstate,
+                error = message,
+                "a read-only error from a server that takes writes: the application's own read-only transaction, not a fault"
+            );
+            Outcome::Ignored(ErrorClass::Other)
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(sqlstate, error = %err, "a read-only error, and the writability check failed; not fatal");
+            Outcome::Ignored(classify(&err))
+        }
+        Err(_) => {
+            tracing::warn!(
+                sqlstate,
+                "a read-only error, and the writability check did not answer; not fatal"
+            );
+            Outcome::Ignored(ErrorClass::Transient)
+        }
+    }
+}
+
+/// Waits for a server that takes writes (until the reopen timeout), then
+/// builds and verifies a new gated pool.
+async fn reopen(
+    inner: &Arc<Inner<Postgres>>,
+    number: u64,
+) -> Result<Generation<Postgres>, GiveUpReason> {
+    let state = &inner.backend;
+    let deadline = Instant::now() + inner.config.reopen_timeout;
+    loop {
+        if state.settings.expect == Expect::Writable {
+            wait_for_writable(&state.connect, deadline, || inner.is_closed())
+                .await
+                .map_err(|why| {
+                    GiveUpReason::ReopenFailed(format!(
+                        "no writable primary within {:?}: {why}",
+                        inner.config.reopen_timeout
+                    ))
+                })?;
+        }
+        if inner.is_closed() {
+            return Err(GiveUpReason::ReopenFailed("the LivePool was closed".into()));
+        }
+        match open_generation(state, number, Some(Instant::now())).await {
+            Ok(new) => return Ok(new),
+            // The server stopped taking writes between the two checks
+            // (another failover): wait again, within the same deadline.
+            Err(why) if Instant::now() < deadline => {
+                tracing::warn!(why, "the new pool failed verification; waiting again");
+            }
+            Err(why) => return Err(GiveUpReason::VerifyFailed(why)),
+        }
+    }
+}
+
+/// Builds a pool (gated for writes) and verifies its first connection.
+async fn open_generation(
+    state: &PgState,
+    number: u64,
+    healed_at: Option<Instant>,
+) -> Result<Generation<Postgres>, String> {
+    let options = match state.settings.expect {
+        Expect::Writable => gated(state.pool.clone(), Arc::clone(&state.policy), number),
+        Expect::Any => state.pool.clone(),
+    };
+    let pool = options.connect_lazy_with(state.connect.clone());
+    let verified = tokio::time::timeout(ATTEMPT_BOUND, async {
+        let mut conn = pool.acquire().await?;
+        writability(&mut *conn).await
+    })
+    .await;
+    let why = match verified {
+        Ok(Ok(Writability::Writable)) => None,
+        Ok(Ok(Writability::NotWritable(_))) if state.settings.expect == Expect::Any => None,
+        Ok(Ok(Writability::NotWritable(why))) => Some(why),
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some(format!("no answer within {ATTEMPT_BOUND:?}")),
+    };
+    match why {
+        None => Ok(Generation {
+            number,
+            pool,
+            healed_at,
+            extra: (),
+        }),
+        Some(why) => {
+            tokio::spawn(async move { pool.close().await });
+            Err(why)
+        }
+    }
+}
+
+/// The health probe: the writability query on the pool in service, bounded.
+async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
+    let current = live.current();
+    let generation = current.number;
+    let expect = live.inner().backend.settings.expect;
+    let checked = tokio::time::timeout(bound, async {
+        // An idle connection first: a probe must not grow a busy pool.
+        let mut conn = match current.pool.try_acquire() {
+            Some(conn) => conn,
+            None => current.pool.acquire().await?,
+        };
+        writability(&mut *conn).await
+    })
+    .await;
+    let Ok(checked) = checked else {
+        let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let safe = format!(
+            "the database did not answer within {} ms",
+            bound.as_millis()
+        );
+        if in_a_row < STUCK_PROBES {
+            return (generation, Finding::Transient(Detail::same(safe)));
+        }
+        return (
+            generation,
+            Finding::Dead(Detail::same(format!("{safe} ({in_a_row} probes in a row)"))),
+        );
+    };
+    stuck.store(0, Ordering::Relaxed);
+    match checked {
+        Ok(Writability::Writable) => (generation, Finding::Pass),
+        Ok(Writability::NotWritable(_)) if expect == Expect::Any => (generation, Finding::Pass),
+        Ok(Writability::NotWritable(why)) => {
+            drop(live.inner().fatal(
+                generation,
+                Fault::NotWritable {
+                    sqlstate: None,
+                    message: why.clone(),
+                },
+            ));
+            (
+                generation,
+                Finding::Dead(Detail::same(format!(
+                    "the database server does not take writes: {why}"
+                ))),
+            )
+        }
+        Err(err) => {
+            let class = classify(&err);
+            let code = Code::of(&err);
+            let safe = match code.sqlstate() {
+                Some(sqlstate) => format!("{class} database error (SQLSTATE {sqlstate})"),
+                None => match &err {
+                    sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed => {
+                        format!("{class} database error: {err}")
+                    }
+                    _ => format!("{class} database error"),
+                },
+            };
+            let detail = Detail {
+                safe,
+                full: format!("{class} database error: {err}"),
+            };
+            match class {
+                ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
+                    generation,
+                    Finding::Dead(Detail::same("the pool in service is closed")),
+                ),
+                ErrorClass::Transient => (generation, Finding::Transient(detail)),
+                ErrorClass::Fatal => {
+                    drop(live.report_classified(generation, class, code, &err));
+                    (generation, Finding::Dead(detail))
+                }
+                ErrorClass::Other => (generation, Finding::Dead(detail)),
+            }
+        }
+    }
+}
+
+/// The background check: every interval (jittered, so a fleet spreads), the
+/// writability query on an idle connection of the pool in service. It never
+/// opens a connection (a busy pool reports its own failures) and holds only
+/// a weak reference, so it ends with the last `LivePool` handle.
+fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
+    let settings = inner.backend.settings;
+    let (Some(interval), Expect::Writable) = (settings.check_interval, settings.expect) else {
+        return;
+    };
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                () = tokio::time::sleep(jitter(interval * 2).max(interval / 2)) => {}
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.gave_up() || inner.is_closed() {
+                return;
+            }
+            let current = inner.current();
+            if current.pool.is_closed() {
+                continue; // a heal is replacing it
+            }
+            let Some(mut conn) = current.pool.try_acquire() else {
+                continue;
+            };
+            let checked = tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await;
+            drop(conn);
+            if let Ok(Ok(Writability::NotWritable(why))) = checked {
+                tracing::error!(
+                    generation = current.number,
+                    why,
+                    "background check: the pool's server does not take writes"
+                );
+                drop(inner.fatal(
+                    current.number,
+                    Fault::NotWritable {
+                        sqlstate: None,
+                        message: why,
+                    },
+                ));
+            }
+        }
+    });
+}
+
+impl LivePool<Postgres> {
+    /// Starts building a `LivePool` for Postgres that connects with
+    /// `options` (through your primary's endpoint: the Service, VIP or
+    /// PgBouncer in front of the cluster).
+    ///
+    /// ```no_run
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let live = LivePool::postgres("postgres://app@db.internal:5432/app".parse()?)
+    ///     .open()
+    ///     .await?;
+    /// let pool: sqlx::PgPool = live.pool();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn postgres(options: PgConnectOptions) -> LivePoolBuilder<Postgres> {
+        let mut builder = LivePoolBuilder::from_options(options, PgSettings::default());
+        // A failover has this long to produce a writable primary.
+        builder.config.reopen_timeout = Duration::from_secs(60);
+        // Nothing on the filesystem to watch or rescue.
+        builder.config.watchdog_interval = None;
+        builder
+    }
+}
+
+impl LivePoolBuilder<Postgres> {
+    /// What the pool expects of its server. Default: [`Expect::Writable`].
+    pub fn expect(mut self, expect: Expect) -> Self {
+        self.settings.expect = expect;
+        self
+    }
+
+    /// How often the background check asks an idle connection whether its
+    /// server still takes writes (jittered between half and twice the
+    /// interval); `None` turns it off. Default: every second.
+    pub fn check_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.check_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Waits for a server that takes writes (for [`Expect::Writable`], up
+    /// to the [reopen timeout](LivePoolBuilder::reopen_timeout)), opens the
+    /// pool, verifies it and starts the background check.
+    ///
+    /// The pool's `after_connect` is the crate's check; put per-connection
+    /// settings in the connect options instead
+    /// (`PgConnectOptions::options([("statement_timeout", "5s")])`).
+    pub async fn open(self) -> Result<LivePool<Postgres>, sqlx::Error> {
+        let crate::live_pool::Source::Options { connect, pool } = self.source else {
+            return Err(sqlx::Error::Configuration(
+                "a Postgres LivePool is built from connect options".into(),
+            ));
+        };
+        let state = PgState {
+            connect: *connect,
+            pool: *pool,
+            settings: self.settings,
+            policy: PolicyCell::default(),
+        };
+        let deadline = Instant::now() + self.config.reopen_timeout;
+        if state.settings.expect == Expect::Writable {
+            wait_for_writable(&state.connect, deadline, || false)
+                .await
+                .map_err(|why| {
+                    sqlx::Error::Protocol(format!(
+                        "no writable Postgres server within {:?}: {why}",
+                        self.config.reopen_timeout
+                    ))
+                })?;
+        }
+        let first = open_generation(&state, 0, None)
+            .await
+            .map_err(sqlx::Error::Protocol)?;
+        let policy = Arc::clone(&state.policy);
+        let live = LivePool::start(first, state, self.config, Some(spawn_checks));
+        // From now on the gates report their refusals to the policy.
+        let _ = policy.set(Arc::downgrade(live.inner()));
+        Ok(live)
+    }
+}

@@ -1,0 +1,489 @@
+//! SQLite's heal: drain the dead pool, rescue and seal its file, set stale
+//! companions aside, reattach the same file and verify it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Sqlite, SqliteConnection};
+use tokio::sync::watch;
+
+use super::generation::{FS_BOUND, Schema, open_files};
+use super::identity::{DbFile, FileFault};
+use super::rescue;
+use crate::blocking;
+use crate::classify::ErrorClass;
+use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, Outcome, PoolStatus, panic_text};
+
+/// The longest pause between two rescue attempts.
+const RESCUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How a seal attempt ended.
+enum Seal {
+    /// The sentinel holds the write lock and nothing was committed since
+    /// the last rescue: no write can be acknowledged on this file again.
+    Sealed,
+    /// A write was committed after the rescue started: rescue again.
+    Changed,
+    /// A write transaction is still open on the dead file.
+    Busy,
+}
+
+impl Inner<Sqlite> {
+    /// A CANTOPEN (14) names no file: it may be another file (`ATTACH`,
+    /// `VACUUM INTO` to a bad path) or a descriptor shortage. It is fatal only
+    /// when the database's own file is affected, which the file identity
+    /// tells; otherwise it is transient.
+    pub(crate) async fn cantopen(self: Arc<Self>, generation: u64, fault: Fault) -> Outcome {
+        let current = self.current();
+        let Some(file) = current.file.clone() else {
+            return Outcome::Ignored(ErrorClass::Transient);
+        };
+        let checked = blocking::run(FS_BOUND, move || (file.check(), out_of_descriptors())).await;
+        match checked {
+            Ok((Err(file_fault), _)) => self.fatal(generation, Fault::File(file_fault)).await,
+            Ok((Ok(()), true)) => {
+                tracing::warn!(
+                    class = "transient", code = fault.code(), %fault, action = "none",
+                    "out of file descriptors: a new database connection could not be opened"
+                );
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+            Ok((Ok(()), false)) => {
+                tracing::warn!(
+                    class = "transient", code = fault.code(), %fault, action = "none",
+                    "CANTOPEN while the database file is intact: another file, or a descriptor shortage"
+                );
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+            Err(stuck) => {
+                tracing::warn!(code = fault.code(), %fault, error = %stuck, "CANTOPEN: the file identity could not be checked; not fatal");
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+        }
+    }
+
+    /// Everything between a fatal finding and a verified new generation:
+    /// stop the dead pool, rescue and seal its file, set stale companions
+    /// aside, check the budget, reopen and verify.
+    pub(crate) async fn replace(
+        &self,
+        old: &Arc<Generation<Sqlite>>,
+        fault: &Fault,
+    ) -> (Result<Generation<Sqlite>, GiveUpReason>, Option<PathBuf>) {
+        // Read while the sentinel is free: a seal that goes on in the
+        // background keeps it until the last straggler has committed.
+        let schema = old.schema_now().await;
+        let file_fault = match fault {
+            Fault::File(file) => Some(*file),
+            Fault::Error { .. } | Fault::NotWritable { .. } => match old.file.clone() {
+                Some(file) => blocking::run(FS_BOUND, move || file.check().err())
+                    .await
+                    .unwrap_or(None),
+                None => None,
+            },
+        };
+        // The old pool is dead: stop it from acknowledging more writes into a
+        // file nobody will read again. `close` refuses new acquires at once.
+        let draining = old.pool.close();
+        let mut rescue = None;
+        if file_fault.is_some() && self.config.rescue.enabled {
+            // Let writes already in flight finish first, so the rescue's
+            // snapshot holds every write the old pool acknowledged.
+            if tokio::time::timeout(self.config.drain_timeout, draining)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    generation = old.number,
+                    "connections still checked out after {:?}; the generation is sealed before it is let go",
+                    self.config.drain_timeout
+                );
+            }
+            rescue = self.rescue_and_seal(old, fault).await;
+        } else {
+            drop(draining);
+        }
+
+        match file_fault {
+            Some(companion) if companion.is_companion() => {
+                return (
+                    Err(GiveUpReason::ReopenFailed(format!(
+                        "the {} file the pool had open is gone from its path: \
+                         restart the process so that one connection set reattaches the database",
+                        if companion == FileFault::CompanionDeleted {
+                            "-wal or -shm"
+                        } else {
+                            "replaced -wal or -shm"
+                        }
+                    ))),
+                    rescue,
+                );
+            }
+            // The file at the path is not the one the companions belong to
+            // (or there is none): a restore, or a restart's new file, must
+            // never be opened with them.
+            Some(FileFault::Replaced | FileFault::Deleted | FileFault::Moved) => {
+                if let Some(file) = old.file.clone()
+                    && let Err(why) = set_stale_companions_aside(file).await
+                {
+                    // Opening the file at the path now would replay them.
+                    return (Err(GiveUpReason::ReopenFailed(why)), rescue);
+                }
+            }
+            _ => {}
+        }
+        if self.is_closed() {
+            // Closed meanwhile: rescued and sealed is all that is owed.
+            return (
+                Err(GiveUpReason::ReopenFailed("the LivePool was closed".into())),
+                rescue,
+            );
+        }
+        if let Some(reason) = self.budget_exceeded(old) {
+            return (Err(reason), rescue);
+        }
+        (self.reopen(old, &schema).await, rescue)
+    }
+
+    /// Rescues what the dead handle sees, retrying until a rescue is saved,
+    /// then seals the generation: the sentinel takes the write lock once no
+    /// write has been committed since the last rescue, so every write ever
+    /// acknowledged on this file is in a rescue. When a write transaction
+    /// stays open past the drain timeout, the sealing goes on in the
+    /// background and rescues again after that transaction commits.
+    async fn rescue_and_seal(
+        &self,
+        old: &Arc<Generation<Sqlite>>,
+        fault: &Fault,
+    ) -> Option<PathBuf> {
+        let file = old.file.as_ref()?;
+        let mut sentinel = old.sentinel.lock().await;
+        let conn = sentinel.as_mut()?;
+        // The sentinel waits on locks itself, in short steps.
+        let _ = sqlx::query("PRAGMA busy_timeout = 50")
+            .execute(&mut *conn)
+            .await;
+        let rescue = self.config.rescue.clone();
+        let ctx = SealContext {
+            file,
+            config: &rescue,
+            generation: old.number,
+            fault,
+        };
+        let before = data_version(conn).await;
+        let first = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
+        let deadline = Instant::now() + self.config.drain_timeout;
+        let Err(before) = seal_loop(conn, &ctx, before, Some(deadline)).await else {
+            return Some(first);
+        };
+        drop(sentinel);
+        tracing::warn!(
+            generation = old.number,
+            "a write transaction is still open on the dead database; sealing it in the background"
+        );
+        let (old, fault) = (Arc::clone(old), fault.clone());
+        let task = tokio::spawn(async move {
+            let mut sentinel = old.sentinel.lock().await;
+            let (Some(conn), Some(file)) = (sentinel.as_mut(), old.file.as_ref()) else {
+                return;
+            };
+            let ctx = SealContext {
+                file,
+                config: &rescue,
+                generation: old.number,
+                fault: &fault,
+            };
+            let _ = seal_loop(conn, &ctx, before, None).await;
+        });
+        self.retire(task);
+        Some(first)
+    }
+
+    /// Reattaches the database that was open: never creates one (unless
+    /// allowed), and verifies that the new pool opened the same path and
+    /// the same application's schema.
+    async fn reopen(
+        &self,
+        old: &Generation<Sqlite>,
+        schema: &Schema,
+    ) -> Result<Generation<Sqlite>, GiveUpReason> {
+        let configured = old.file.as_ref().map(|f| f.configured().to_path_buf());
+        let attempt = async {
+            let expected = match &configured {
+                Some(path) => Some(self.expected_file(path).await?),
+                None => None,
+            };
+            if let Some(file) = &old.file {
+                super::identity::retire(file);
+            }
+            // What was open before the new pool: its own descriptors are the others.
+            let before = open_files().await;
+            let reopen = Arc::clone(&self.backend.reopen);
+            // The user's reopen runs on a task of its own: a panic in it is a
+            // failed reopen, not a heal in flight for ever.
+            let pool = tokio::spawn(async move { reopen().await })
+                .await
+                .map_err(|join| GiveUpReason::ReopenFailed(panic_text(join)))?
+                .map_err(|err| GiveUpReason::ReopenFailed(err.to_string()))?;
+            let new = super::generation::open(
+                pool,
+                old.number + 1,
+                configured.clone(),
+                before,
+                Some(Instant::now()),
+            )
+            .await
+            .map_err(|err| GiveUpReason::VerifyFailed(err.to_string()))?;
+            if let (Some(expected), Some(file)) = (&expected, &new.file)
+                && file.path() != expected
+            {
+                let why = format!(
+                    "the reopened pool opened {} instead of {}",
+                    file.path().display(),
+                    expected.display()
+                );
+                discard(new);
+                return Err(GiveUpReason::VerifyFailed(why));
+            }
+            if let Err(why) = new.schema.reattaches(schema) {
+                discard(new);
+                return Err(GiveUpReason::VerifyFailed(format!(
+                    "the reopened database is not the one that was open ({why})"
+                )));
+            }
+            Ok(new)
+        };
+        tokio::time::timeout(self.config.reopen_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(GiveUpReason::ReopenFailed(format!(
+                    "no verified pool within {:?}",
+                    self.config.reopen_timeout
+                )))
+            })
+    }
+
+    /// The file a reopen must land on: what the configured path leads to
+    /// now. A missing file is an error unless reopens may create it.
+    async fn expected_file(&self, configured: &std::path::Path) -> Result<PathBuf, GiveUpReason> {
+        let path = configured.to_path_buf();
+        let creates = self.config.reopen_creates;
+        let found = blocking::run(FS_BOUND, move || match std::fs::canonicalize(&path) {
+            Ok(resolved) => Ok(resolved),
+            Err(err) if creates && err.kind() == std::io::ErrorKind::NotFound => {
+                // To be created by the reopen: where it will be, if its
+                // directory exists (if not, the reopen fails on its own).
+                Ok(
+                    match (path.parent().map(std::fs::canonicalize), path.file_name()) {
+                        (Some(Ok(dir)), Some(name)) => dir.join(name),
+                        _ => path,
+                    },
+                )
+            }
+            Err(err) => Err(err),
+        })
+        .await
+        .map_err(|stuck| GiveUpReason::ReopenFailed(stuck.to_string()))?;
+        found.map_err(|err| {
+            GiveUpReason::ReopenFailed(format!(
+                "no database file at {} ({err}): a reopen reattaches the database that was open and never creates one",
+                configured.display()
+            ))
+        })
+    }
+
+    /// `Pool::close` waits for checked-out connections, so it never runs on
+    /// a request path. The sentinel goes last: it keeps the dead file
+    /// reachable, and sealed, until every straggler is back.
+    pub(crate) fn close_in_background(&self, old: Arc<Generation<Sqlite>>) {
+        let limit = self.config.close_timeout;
+        let task = tokio::spawn(async move {
+            let close = old.pool.close();
+            tokio::pin!(close);
+            if tokio::time::timeout(limit, &mut close).await.is_err() {
+                tracing::warn!(
+                    generation = old.number,
+                    "replaced pool still has connections checked out after {limit:?}; waiting for them"
+                );
+                close.await;
+            }
+            if let Some(conn) = old.sentinel.lock().await.take() {
+                let _ = tokio::time::timeout(limit, conn.close()).await;
+            }
+        });
+        // Not waited for by `close`: the file is sealed already, and a
+        // straggler may hold its connection for as long as it likes.
+        drop(task);
+    }
+}
+
+/// A restored file (or the one a restarted process creates) must never be
+/// opened with the write-ahead log of the file it replaced: SQLite would
+/// replay the old frames into it. Sets the old file's `-wal`/`-shm` aside;
+/// the error says what the operator must do when that fails.
+async fn set_stale_companions_aside(file: DbFile) -> Result<(), String> {
+    let path = file.path().display().to_string();
+    let failed = |err: &dyn std::fmt::Display| {
+        tracing::error!(error = %err, "could not set the old database's -wal/-shm aside");
+        format!(
+            "the old database's -wal/-shm could not be set aside ({err}): \
+             move {path}-wal and {path}-shm away before the database is opened again"
+        )
+    };
+    match blocking::run(FS_BOUND, move || file.move_aside_stale_companions()).await {
+        Ok(Ok(moved)) => {
+            for aside in moved {
+                tracing::warn!(moved_to = %aside.display(), "the old database's -wal/-shm were set aside, so the file at the path is opened without them");
+            }
+            Ok(())
+        }
+        Ok(Err(err)) => Err(failed(&err)),
+        Err(stuck) => Err(failed(&stuck)),
+    }
+}
+
+/// What a rescue and a seal work on.
+struct SealContext<'a> {
+    file: &'a DbFile,
+    config: &'a rescue::RescueConfig,
+    generation: u64,
+    fault: &'a Fault,
+}
+
+/// Rescues with back-off until a rescue is saved: the dead handle may hold
+/// the only copy of acknowledged writes, so it is never let go unsaved.
+/// Each failure is published, so `/health` answers `fail` meanwhile.
+async fn rescue_with_retries(
+    conn: &mut SqliteConnection,
+    ctx: &SealContext<'_>,
+    status: Option<&watch::Sender<PoolStatus>>,
+) -> PathBuf {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        match rescue::rescue(conn, ctx.file.path(), ctx.config).await {
+            Ok(path) => {
+                crate::metrics::rescue_saved(&path).await;
+                tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
+                if attempts > 0
+                    && let Some(status) = status
+                {
+                    status.send_replace(PoolStatus::Healing {
+                        generation: ctx.generation,
+                        fault: ctx.fault.clone(),
+                    });
+                }
+                return path;
+            }
+            Err(err) => {
+                crate::metrics::rescue_failed();
+                attempts += 1;
+                tracing::error!(database = %ctx.file.path().display(), attempts, code = err.code, error = %err, retry_in = ?backoff, "rescue of the dead handle's data failed; the handle is kept open and the rescue retried");
+                if let Some(status) = status {
+                    status.send_replace(PoolStatus::RescueFailing {
+                        generation: ctx.generation,
+                        fault: ctx.fault.clone(),
+                        attempts,
+                        code: err.code,
+                    });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESCUE_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Seals the dead generation. `before` is the `data_version` the last rescue
+/// covers; a commit that slipped in after it is rescued again. Waits for an
+/// open write transaction until `deadline` (`None`: as long as it stays
+/// open), and hands back the version the last rescue covers if it is not
+/// sealed by then.
+async fn seal_loop(
+    conn: &mut SqliteConnection,
+    ctx: &SealContext<'_>,
+    mut before: Option<i64>,
+    deadline: Option<Instant>,
+) -> Result<(), Option<i64>> {
+    loop {
+        match seal(conn, before).await {
+            Seal::Sealed => return Ok(()),
+            Seal::Changed => {
+                before = data_version(conn).await;
+                let saved = rescue_with_retries(conn, ctx, None).await;
+                tracing::error!(rescue = %saved.display(), generation = ctx.generation, "rescued again: a write was committed on the dead database after the last rescue");
+            }
+            Seal::Busy if deadline.is_some_and(|d| Instant::now() >= d) => return Err(before),
+            Seal::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// `PRAGMA data_version`: changes when another connection commits.
+async fn data_version(conn: &mut SqliteConnection) -> Option<i64> {
+    let read = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut *conn);
+    tokio::time::timeout(FS_BOUND, read).await.ok()?.ok()
+}
+
+/// Takes the write lock on the sentinel and keeps it if nothing was
+/// committed since `before` was read.
+async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
+    // Bounded: on a hung mount the lock attempt itself may not return.
+    let begin = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn);
+    let Ok(begun) = tokio::time::timeout(FS_BOUND, begin).await else {
+        return Seal::Busy;
+    };
+    match begun {
+        Ok(_) => {}
+        Err(err) if crate::classify::classify(&err) == ErrorClass::Transient => return Seal::Busy,
+        // Writes fail on this handle anyway (1032 after a move in DELETE mode).
+        Err(_) => return Seal::Sealed,
+    }
+    // Unreadable versions (`None`) compare equal: there is nothing better to
+    // go on, and an endless loop of rescues would be worse.
+    let after = data_version(conn).await;
+    if after == before {
+        // Holding the write lock until the sentinel closes: no write can be
+        // acknowledged on the dead file any more.
+        return Seal::Sealed;
+    }
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    Seal::Changed
+}
+
+/// Closes a pool that failed verification, with its sentinel.
+pub(crate) fn discard(generation: Generation<Sqlite>) {
+    tokio::spawn(async move {
+        generation.pool.close().await;
+        if let Some(conn) = generation.extra.sentinel.into_inner() {
+            let _ = conn.close().await;
+        }
+    });
+}
+
+/// Whether the process is out of (or nearly out of) file descriptors, where
+/// `/proc` tells (Linux). Reading `/proc` needs a descriptor itself, so
+/// EMFILE from that read is the answer too.
+fn out_of_descriptors() -> bool {
+    const EMFILE: i32 = 24;
+    let emfile = |err: &std::io::Error| err.raw_os_error() == Some(EMFILE);
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        Ok(fds) => fds.count() as u64,
+        Err(err) => return emfile(&err),
+    };
+    let limits = match std::fs::read_to_string("/proc/self/limits") {
+        Ok(limits) => limits,
+        Err(err) => return emfile(&err),
+    };
+    let limit = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.trim_start_matches("Max open files")
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    limit.is_some_and(|limit| open + 16 >= limit)
+}

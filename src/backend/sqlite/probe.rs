@@ -1,0 +1,109 @@
+//! SQLite's health probe: the file identity, then a page read.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sqlx::Sqlite;
+
+use super::generation::read_page;
+use crate::blocking::{self, Stuck};
+use crate::classify::{Code, ErrorClass, classify};
+use crate::health::{Detail, Finding, STUCK_PROBES};
+use crate::live_pool::{Fault, LivePool};
+
+/// File identity, then a page read, on the generation in service; a fatal
+/// finding is handed to the policy.
+///
+/// The identity check runs on the crate's filesystem threads and is given
+/// up after `bound`: a stuck check is `warn`, and `fail` from the
+/// [`STUCK_PROBES`]th in a row. `stuck` counts them across probes.
+pub(crate) async fn probe(
+    live: &LivePool<Sqlite>,
+    bound: Duration,
+    stuck: &AtomicU32,
+) -> (u64, Finding) {
+    let current = live.current();
+    let generation = current.number;
+    if let Some(file) = current.file.clone() {
+        let path = file.path().to_owned();
+        // A stat can block on a dead network filesystem: keep it off the runtime.
+        let checked = blocking::run(bound, move || file.check()).await;
+        let in_a_row = match checked {
+            Err(_) => stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1),
+            Ok(_) => {
+                stuck.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(fault)) => {
+                // The policy takes the finding now; the answer does not wait
+                // for the heal it starts.
+                drop(live.report_fault(generation, Fault::File(fault)));
+                let detail = Detail {
+                    safe: format!("database file {}", fault.as_str()),
+                    full: format!("{fault}: {}", path.display()),
+                };
+                return (generation, Finding::Dead(detail));
+            }
+            // A hung mount is not a dead file: nothing is reported to the
+            // policy, and no page is read (it would only wait longer).
+            Err(Stuck { bound }) => {
+                let safe = format!(
+                    "the file identity check did not answer within {} ms",
+                    bound.as_millis()
+                );
+                let full = format!("{safe}: {}", path.display());
+                if in_a_row < STUCK_PROBES {
+                    return (generation, Finding::Transient(Detail { safe, full }));
+                }
+                let detail = Detail {
+                    safe: format!("{safe} ({in_a_row} probes in a row)"),
+                    full: format!("{full} ({in_a_row} probes in a row)"),
+                };
+                return (generation, Finding::Dead(detail));
+            }
+        }
+    }
+    let err = match read_page(&current.pool).await {
+        Ok(()) => return (generation, Finding::Pass),
+        Err(err) => err,
+    };
+    let class = classify(&err);
+    let code = Code::of(&err);
+    let safe = match (&err, code.sqlite()) {
+        (_, Some(code)) => format!("{class} database error (SQLite code {code})"),
+        // sqlx's own fixed texts; nothing from the file system or SQLite.
+        (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed, _) => {
+            format!("{class} database error: {err}")
+        }
+        _ => format!("{class} database error"),
+    };
+    let detail = Detail {
+        safe,
+        full: format!("{class} database error: {err}"),
+    };
+    match class {
+        // Closed under a heal, the pool is the policy's business (its state
+        // answers first); a pool in service that is closed serves nothing.
+        ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
+            generation,
+            Finding::Dead(Detail::same("the pool in service is closed")),
+        ),
+        ErrorClass::Transient => (generation, Finding::Transient(detail)),
+        // CANTOPEN with the file in place (checked above): a descriptor
+        // shortage, say. Reported, so the policy checks again; not dead.
+        ErrorClass::Fatal if code.sqlite().is_some_and(|code| code & 0xff == 14) => {
+            drop(live.report_classified(generation, class, code, &err));
+            (generation, Finding::Transient(detail))
+        }
+        ErrorClass::Fatal => {
+            drop(live.report_classified(generation, class, code, &err));
+            (generation, Finding::Dead(detail))
+        }
+        // The probe's query cannot fail on a healthy database: whatever this
+        // is (a closed pool, say), the database is not serving.
+        ErrorClass::Other => (generation, Finding::Dead(detail)),
+    }
+}
