@@ -252,12 +252,20 @@ impl Cluster {
 
         let [n1, n2] = &nodes;
         let mut __l = Instant::now();
-        server.run(server.tool("cp", &n1.dir).arg("-a").arg(&template.data).arg(&n1.data))?;
+        server.run(
+            server
+                .tool("cp", &n1.dir)
+                .arg("-a")
+                .arg(&template.data)
+                .arg(&n1.data),
+        )?;
         let p1 = start_on_free_port(server, n1)?;
-        eprintln!("  cp+start n1 {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  cp+start n1 {:?}", __l.elapsed());
+        __l = Instant::now();
         block_on(wait_role(superuser_url_at(p1.0, APP), false))?
             .map_err(|e| ClusterError::with_log(format!("n1: {e}"), &n1.log))?;
-        eprintln!("  wait n1 {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  wait n1 {:?}", __l.elapsed());
+        __l = Instant::now();
 
         server
             .run(
@@ -269,15 +277,19 @@ impl Cluster {
                     .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
             )
             .map_err(|e| ClusterError::with_log(e.0, &n1.log))?;
-        eprintln!("  basebackup {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  basebackup {:?}", __l.elapsed());
+        __l = Instant::now();
         let p2 = start_on_free_port(server, n2)?;
-        eprintln!("  start n2 {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  start n2 {:?}", __l.elapsed());
+        __l = Instant::now();
         block_on(wait_role(superuser_url_at(p2.0, APP), true))?
             .map_err(|e| ClusterError::with_log(format!("n2: {e}"), &n2.log))?;
-        eprintln!("  wait n2 {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  wait n2 {:?}", __l.elapsed());
+        __l = Instant::now();
         block_on(wait_streaming(superuser_url_at(p1.0, APP)))?
             .map_err(|e| ClusterError::with_log(format!("n2 streaming from n1: {e}"), &n2.log))?;
-        eprintln!("  streaming {:?}", __l.elapsed()); __l = Instant::now();
+        eprintln!("  streaming {:?}", __l.elapsed());
+        __l = Instant::now();
 
         let proxy = Proxy::start([p1.0, p2.0], Node::N1)
             .map_err(io_error("start the proxy (its thread and runtime)"))?;
@@ -352,7 +364,10 @@ impl Cluster {
 
     /// New connections go to `node` from now on; existing ones keep theirs.
     pub fn repoint(&self, node: Node) {
-        self.proxy.shared.target.store(node.index(), Ordering::SeqCst);
+        self.proxy
+            .shared
+            .target
+            .store(node.index(), Ordering::SeqCst);
     }
 
     /// The node new proxy connections go to.
@@ -416,12 +431,16 @@ impl Cluster {
                 .args(["-w", "-t", PG_CTL_TIMEOUT, "promote"]),
         )?;
         let url = self.superuser_url(new);
-        self.sql(new, "wait for the promoted node to leave recovery", async move {
-            wait_role(url.clone(), false)
-                .await
-                .map_err(sqlx::Error::Protocol)?;
-            execute(&url, &["CHECKPOINT"]).await
-        })?;
+        self.sql(
+            new,
+            "wait for the promoted node to leave recovery",
+            async move {
+                wait_role(url.clone(), false)
+                    .await
+                    .map_err(sqlx::Error::Protocol)?;
+                execute(&url, &["CHECKPOINT"]).await
+            },
+        )?;
         self.primary.store(new.index(), Ordering::SeqCst);
 
         let source = format!(
@@ -444,14 +463,16 @@ impl Cluster {
         self.pg_ctl_start(old)?;
         let old_url = self.superuser_url(old);
         let new_url = self.superuser_url(new);
-        self.sql(old, "wait for the old primary to stream as a standby", async move {
-            wait_role(old_url, true)
-                .await
-                .map_err(sqlx::Error::Protocol)?;
-            wait_streaming(new_url)
-                .await
-                .map_err(sqlx::Error::Protocol)
-        })?;
+        self.sql(
+            old,
+            "wait for the old primary to stream as a standby",
+            async move {
+                wait_role(old_url, true)
+                    .await
+                    .map_err(sqlx::Error::Protocol)?;
+                wait_streaming(new_url).await.map_err(sqlx::Error::Protocol)
+            },
+        )?;
         Ok(new)
     }
 
@@ -468,9 +489,11 @@ impl Cluster {
         self.pg_ctl_start(node)?;
         let url = self.superuser_url(node);
         let standby = node != self.primary();
-        self.sql(node, "wait for the node to accept connections", async move {
-            wait_role(url, standby).await.map_err(sqlx::Error::Protocol)
-        })
+        self.sql(
+            node,
+            "wait for the node to accept connections",
+            async move { wait_role(url, standby).await.map_err(sqlx::Error::Protocol) },
+        )
     }
 
     /// `ALTER SYSTEM SET default_transaction_read_only = on` (or `RESET`) +
@@ -559,7 +582,10 @@ impl Cluster {
                 format!("{what} on {node} failed: {e}"),
                 log,
             )),
-            Err(e) => Err(ClusterError::with_log(format!("{what} on {node}: {e}"), log)),
+            Err(e) => Err(ClusterError::with_log(
+                format!("{what} on {node}: {e}"),
+                log,
+            )),
         }
     }
 
@@ -793,7 +819,11 @@ impl Server {
         let major: u32 = version
             .split(") ")
             .nth(1)
-            .map(|v| v.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .map(|v| {
+                v.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("cannot read the version from `{}`", version.trim()))?;
         if major < MIN_MAJOR {
@@ -898,8 +928,16 @@ fn find_bin() -> Result<PathBuf, String> {
         ));
     }
     let mut best: Option<(u32, PathBuf)> = None;
-    for entry in std::fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten() {
-        let Some(version) = entry.file_name().to_str().and_then(|v| v.parse::<u32>().ok()) else {
+    for entry in std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
             continue;
         };
         let bin = entry.path().join("bin");
@@ -987,7 +1025,8 @@ impl Template {
                 .arg("--no-sync"),
         )?;
         let conf = node.data.join("postgresql.conf");
-        let mut settings = std::fs::read_to_string(&conf).map_err(io_error("read postgresql.conf"))?;
+        let mut settings =
+            std::fs::read_to_string(&conf).map_err(io_error("read postgresql.conf"))?;
         settings.push_str(SETTINGS);
         server.write_file(&conf, &settings)?;
         server.write_file(&node.data.join("pg_hba.conf"), HBA)?;
@@ -1014,7 +1053,9 @@ impl Template {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.0),
         };
-        created.map_err(|e| ClusterError::with_log(format!("create role and database app: {e}"), &node.log))?;
+        created.map_err(|e| {
+            ClusterError::with_log(format!("create role and database app: {e}"), &node.log)
+        })?;
         server
             .run(
                 server
@@ -1109,7 +1150,11 @@ where
 
 /// Until the node accepts connections and `pg_is_in_recovery()` is `standby`.
 async fn wait_role(url: String, standby: bool) -> Result<(), String> {
-    let want = if standby { "a hot standby" } else { "a primary" };
+    let want = if standby {
+        "a hot standby"
+    } else {
+        "a primary"
+    };
     poll(&format!("accepting connections as {want}"), || {
         let url = url.clone();
         async move { Ok(fetch::<bool>(&url, "SELECT pg_is_in_recovery()").await? == standby) }
