@@ -28,6 +28,9 @@
 //!   or build their `tonic::Status` with `status_from_sqlx` (tonic), so the
 //!   `sqlx::Error` survives the framework's error-to-response conversion.
 //!
+//! On PostgreSQL (feature `postgres`) the same shape keeps a pool off a
+//! demoted primary after a failover: see the [Postgres guide](postgres).
+//!
 //! Adding it to an app that already exists (handlers on
 //! `State<SqlitePool>`, its own error enum, `sqlx::migrate!`,
 //! `#[sqlx::test]` tests)? Read the [guide]: no handler or test helper
@@ -183,6 +186,7 @@
 //! | `systemd` | `systemd::spawn_watchdog`: `WATCHDOG=1` while the probe does not fail | `sd-notify` |
 //! | `fs-watch` | the watchdog also watches the database's directory (inotify, kqueue, FSEvents) and reacts at once | `notify` |
 //! | `metrics` | records the policy's decisions through the [`metrics`](https://docs.rs/metrics) facade: see [Metrics](#metrics) | `metrics` 0.24 |
+//! | `postgres` | `LivePool<Postgres>` ([`LivePool::postgres`]): never pinned to a demoted primary or a read-only node; see the [Postgres guide](postgres) | `sqlx/postgres` |
 //!
 //! # Metrics
 //!
@@ -272,6 +276,10 @@
 //! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut`; `PoolClosed` (a heal closed the pool the request reached) |
 //! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes; any other driver's database error | everything else |
 //!
+//! With the `postgres` feature, a `PgDatabaseError` is classified by its
+//! SQLSTATE, and `Io` (a dead socket, which sqlx replaces) is transient; the
+//! table is in the [Postgres guide](postgres#classification).
+//!
 //! # What happens to your data
 //!
 //! Measured with real files and real sqlx pools (both journal modes unless
@@ -337,6 +345,7 @@ mod classify;
 mod error;
 pub mod guide;
 pub mod health;
+pub mod postgres;
 mod layer;
 mod live_pool;
 mod metrics;
