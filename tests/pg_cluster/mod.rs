@@ -23,11 +23,21 @@
 //! * **Root.** The postmaster refuses to run as root, so when the effective
 //!   uid is 0 every server binary (and `cp` of a data directory) runs as the
 //!   `postgres` system user that Debian's `postgresql` package creates, and
-//!   the cluster's directory is chowned to it. Every directory above the
-//!   temporary directory (`TMPDIR`, usually `/tmp`) must be searchable by it.
+//!   the cluster's directory is chowned to it. Every directory above it must
+//!   be searchable by that user (`/dev/shm` and `/tmp` are).
+//! * **Where.** `TMPDIR` if set; else `/dev/shm` if it is a tmpfs of at least
+//!   1 GiB; else the system's temporary directory. A data directory is ~1300
+//!   small files, and creating them is what a start costs on a disk.
 //! * **Speed.** `initdb` runs once per process, into a template that already
 //!   holds the settings, `pg_hba.conf`, the role and the database; each cluster
-//!   copies it (`cp -a`), starts it, and `pg_basebackup`s the standby.
+//!   copies it (`cp -a`), starts it, and `pg_basebackup`s the standby. Measured
+//!   on 2 cores with PostgreSQL 15: a start takes ~0.4 s on tmpfs (the first
+//!   in a process ~1.05 s, with the template), of which `pg_ctl start -w` is
+//!   2 x ~0.11 s (it polls every 100 ms); copying instead of `initdb` saves
+//!   ~0.5 s per cluster (`initdb` 0.43 s + creating the role and database, vs
+//!   `cp -a` 0.035 s). On an ext4 disk: ~1.1 s (`cp -a` 0.43 s, `initdb`
+//!   0.9 s). 1 MB WAL segments and a `FILE_COPY` database keep the template at
+//!   35 MB. A switchover takes ~0.3 s, a drop ~0.2 s.
 //! * **Cleanup.** Dropping the `Cluster` stops the proxy, stops both
 //!   postmasters (`pg_ctl stop -m immediate`) and removes the directory, also
 //!   when a test panics. A killed process runs no `Drop`, so each cluster (and
@@ -92,6 +102,8 @@ hot_standby = on
 wal_log_hints = on
 max_wal_senders = 10
 wal_keep_size = '128MB'
+# 1 MB WAL segments (initdb --wal-segsize=1): recycle only a few
+min_wal_size = '4MB'
 fsync = off
 synchronous_commit = off
 log_line_prefix = '%m [%p] '
@@ -219,16 +231,16 @@ fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 /// A primary, its streaming hot standby and the proxy in front of them.
 pub struct Cluster {
     // Fields drop in this order: the proxy's sockets close first, then the
-    // postmasters stop and the directory goes.
+    // postmasters stop and the directory goes, then the ports are released.
     proxy: Proxy,
     server: &'static Server,
     nodes: [NodeDirs; 2],
-    ports: [PortLease; 2],
     primary: AtomicUsize,
     running: [AtomicBool; 2],
     /// Serializes admin operations (not the proxy's controls).
     admin: Mutex<()>,
     teardown: Teardown,
+    ports: [PortLease; 2],
 }
 
 impl Cluster {
@@ -240,7 +252,7 @@ impl Cluster {
         let template = template()?;
         let dir = tempfile::Builder::new()
             .prefix("pg-cluster-")
-            .tempdir()
+            .tempdir_in(base_dir())
             .map_err(io_error("create the cluster's temporary directory"))?
             .keep();
         let nodes = Node::ALL.map(|node| NodeDirs::new(&dir, node));
@@ -251,7 +263,6 @@ impl Cluster {
         }
 
         let [n1, n2] = &nodes;
-        let mut __l = Instant::now();
         server.run(
             server
                 .tool("cp", &n1.dir)
@@ -260,12 +271,8 @@ impl Cluster {
                 .arg(&n1.data),
         )?;
         let p1 = start_on_free_port(server, n1)?;
-        eprintln!("  cp+start n1 {:?}", __l.elapsed());
-        __l = Instant::now();
         block_on(wait_role(superuser_url_at(p1.0, APP), false))?
             .map_err(|e| ClusterError::with_log(format!("n1: {e}"), &n1.log))?;
-        eprintln!("  wait n1 {:?}", __l.elapsed());
-        __l = Instant::now();
 
         server
             .run(
@@ -277,19 +284,11 @@ impl Cluster {
                     .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
             )
             .map_err(|e| ClusterError::with_log(e.0, &n1.log))?;
-        eprintln!("  basebackup {:?}", __l.elapsed());
-        __l = Instant::now();
         let p2 = start_on_free_port(server, n2)?;
-        eprintln!("  start n2 {:?}", __l.elapsed());
-        __l = Instant::now();
         block_on(wait_role(superuser_url_at(p2.0, APP), true))?
             .map_err(|e| ClusterError::with_log(format!("n2: {e}"), &n2.log))?;
-        eprintln!("  wait n2 {:?}", __l.elapsed());
-        __l = Instant::now();
         block_on(wait_streaming(superuser_url_at(p1.0, APP)))?
             .map_err(|e| ClusterError::with_log(format!("n2 streaming from n1: {e}"), &n2.log))?;
-        eprintln!("  streaming {:?}", __l.elapsed());
-        __l = Instant::now();
 
         let proxy = Proxy::start([p1.0, p2.0], Node::N1)
             .map_err(io_error("start the proxy (its thread and runtime)"))?;
@@ -297,11 +296,11 @@ impl Cluster {
             proxy,
             server,
             nodes,
-            ports: [p1, p2],
             primary: AtomicUsize::new(Node::N1.index()),
             running: [AtomicBool::new(true), AtomicBool::new(true)],
             admin: Mutex::new(()),
             teardown,
+            ports: [p1, p2],
         })
     }
 
@@ -499,7 +498,9 @@ impl Cluster {
     /// `ALTER SYSTEM SET default_transaction_read_only = on` (or `RESET`) +
     /// `pg_reload_conf()` on the current primary, then waits until a new
     /// session sees the value. The postmaster has then signalled every
-    /// existing backend, which applies it before its next statement.
+    /// existing backend, which applies it before its next statement. The
+    /// setting lives in that node's `postgresql.auto.conf`: it stays with the
+    /// node across a switchover.
     pub fn set_read_only(&self, on: bool) -> Result<(), ClusterError> {
         let _admin = self.lock();
         let node = self.primary();
@@ -793,7 +794,6 @@ impl Drop for Teardown {
 
 struct Server {
     bin: PathBuf,
-    major: u32,
     /// (uid, gid) to run server binaries as: `postgres` when this process is
     /// root, `None` (this user) otherwise.
     user: Option<(u32, u32)>,
@@ -828,7 +828,8 @@ impl Server {
             .ok_or_else(|| format!("cannot read the version from `{}`", version.trim()))?;
         if major < MIN_MAJOR {
             return Err(format!(
-                "{} is PostgreSQL {major}; tests/pg_cluster needs {MIN_MAJOR} or newer: {NOT_FOUND}",
+                "{} is PostgreSQL {major}; tests/pg_cluster needs {MIN_MAJOR} or newer: install \
+                 Debian's `postgresql` package (apt-get install -y postgresql) or set PG_BIN",
                 bin.display()
             ));
         }
@@ -844,7 +845,7 @@ impl Server {
         } else {
             None
         };
-        Ok(Server { bin, major, user })
+        Ok(Server { bin, user })
     }
 
     /// A server binary (or, for `cp`, a plain tool from PATH), run as the
@@ -888,11 +889,11 @@ impl Server {
         if out.status.success() {
             return Ok(text);
         }
-        let hint = match self.user {
-            Some(_) => {
-                "\n(run as the `postgres` user: every directory above the cluster's must be searchable by it)"
-            }
-            None => "",
+        let hint = if self.user.is_some() && text.contains("ermission denied") {
+            "\n(this ran as the `postgres` user: every directory above the cluster's must be \
+             searchable by it; set TMPDIR to one that is)"
+        } else {
+            ""
         };
         Err(ClusterError::new(format!(
             "`{line}` failed ({}):\n{}{hint}",
@@ -984,6 +985,48 @@ fn passwd_entry(user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Where clusters live: `TMPDIR` if it is set; else `/dev/shm` if it is a
+/// tmpfs of at least 1 GiB; else the system's temporary directory. A data
+/// directory is ~1300 small files: creating them on a tmpfs is ~10x faster
+/// than on an ext4 disk (measured: `cp -a` of the template 35 ms vs 430 ms),
+/// and the data is throwaway anyway (fsync is off).
+fn base_dir() -> PathBuf {
+    if std::env::var_os("TMPDIR").is_some() {
+        return std::env::temp_dir();
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let roomy_tmpfs = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 4
+            && fields[1] == "/dev/shm"
+            && fields[2] == "tmpfs"
+            // No size= means the default, half of the RAM.
+            && fields[3]
+                .split(',')
+                .find_map(|o| o.strip_prefix("size="))
+                .is_none_or(|size| bytes(size).is_some_and(|b| b >= 1 << 30))
+    });
+    if roomy_tmpfs {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// "24684092k" → bytes.
+fn bytes(size: &str) -> Option<u64> {
+    let digits: String = size.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().ok()?;
+    let unit = match &size[digits.len()..] {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        _ => return None,
+    };
+    Some(n * unit)
+}
+
 // ---------------------------------------------------------------- the template
 
 /// A stopped, configured primary: `initdb`, settings, `pg_hba.conf`, role and
@@ -1007,7 +1050,7 @@ impl Template {
         let server = server()?;
         let dir = tempfile::Builder::new()
             .prefix("pg-cluster-template-")
-            .tempdir()
+            .tempdir_in(base_dir())
             .map_err(io_error("create the template's temporary directory"))?
             .keep();
         let node = NodeDirs {
@@ -1022,7 +1065,7 @@ impl Template {
                 .arg("-D")
                 .arg(&node.data)
                 .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C"])
-                .arg("--no-sync"),
+                .args(["--wal-segsize=1", "--no-sync"]),
         )?;
         let conf = node.data.join("postgresql.conf");
         let mut settings =
@@ -1043,7 +1086,7 @@ impl Template {
                 &[
                     "CREATE ROLE app LOGIN",
                     "GRANT pg_monitor TO app",
-                    "CREATE DATABASE app OWNER app",
+                    "CREATE DATABASE app OWNER app STRATEGY = FILE_COPY",
                 ],
             )
             .await
