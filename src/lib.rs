@@ -345,10 +345,10 @@ mod classify;
 mod error;
 pub mod guide;
 pub mod health;
-pub mod postgres;
 mod layer;
 mod live_pool;
 mod metrics;
+pub mod postgres;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]
 pub mod systemd;

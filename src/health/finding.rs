@@ -1,5 +1,9 @@
 //! What one probe found, for the backends' probes to return.
 
+use crate::backend::Backend;
+use crate::classify::{Code, ErrorClass, classify};
+use crate::live_pool::LivePool;
+
 /// A finding's text: `safe` holds no path and no SQLite message.
 #[derive(Debug, Clone)]
 pub struct Detail {
@@ -26,4 +30,59 @@ pub enum Finding {
     Transient(Detail),
     /// A dead or unreadable database: `fail`.
     Dead(Detail),
+}
+
+impl Finding {
+    /// What a probe's failed read says, for every backend. A fatal error is
+    /// handed to the policy (which decides now; nothing waits for the heal).
+    pub(crate) fn from_error<DB: Backend>(
+        live: &LivePool<DB>,
+        generation: u64,
+        err: &sqlx::Error,
+    ) -> Finding {
+        let class = classify(err);
+        let code = Code::of(err);
+        let safe = match (code, err) {
+            (Code::None, _)
+                if matches!(
+                    err,
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) =>
+            {
+                // sqlx's own fixed texts; nothing from the server or the file system.
+                format!("{class} database error: {err}")
+            }
+            (Code::None, _) => format!("{class} database error"),
+            (code, _) => format!("{class} database error ({code})"),
+        };
+        let detail = Detail {
+            safe,
+            full: format!("{class} database error: {err}"),
+        };
+        match class {
+            // Closed under a heal, the pool is the policy's business (its
+            // state answers first); a pool in service that is closed serves
+            // nothing.
+            ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => {
+                Finding::Dead(Detail::same("the pool in service is closed"))
+            }
+            ErrorClass::Transient => Finding::Transient(detail),
+            ErrorClass::Fatal => {
+                drop(live.report_classified(generation, class, code, err));
+                // SQLite's CANTOPEN with the file in place (the probe checked
+                // it first): a descriptor shortage, say. Reported, so the
+                // policy checks again; not dead.
+                if code.sqlite().is_some_and(|code| code & 0xff == 14) {
+                    Finding::Transient(detail)
+                } else {
+                    Finding::Dead(detail)
+                }
+            }
+            // The probe's query cannot fail on a healthy database: whatever
+            // this is, the database is not serving.
+            ErrorClass::Other => Finding::Dead(detail),
+        }
+    }
 }

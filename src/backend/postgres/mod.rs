@@ -313,37 +313,7 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
                 ))),
             )
         }
-        Err(err) => {
-            let class = classify(&err);
-            let code = Code::of(&err);
-            let safe = match code.sqlstate() {
-                Some(sqlstate) => format!("{class} database error (SQLSTATE {sqlstate})"),
-                None => match &err {
-                    sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed => {
-                        format!("{class} database error: {err}")
-                    }
-                    _ => format!("{class} database error"),
-                },
-            };
-            let detail = Detail {
-                safe,
-                full: format!("{class} database error: {err}"),
-            };
-            match class {
-                ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
-                    generation,
-                    Finding::Dead(Detail::same("the pool in service is closed")),
-                ),
-                ErrorClass::Transient => (generation, Finding::Transient(detail)),
-                ErrorClass::Fatal => {
-                    drop(live.report_classified(generation, class, code, &err));
-                    (generation, Finding::Dead(detail))
-                }
-                ErrorClass::Other => (generation, Finding::Dead(detail)),
-            }
-        }
+        Err(err) => (generation, Finding::from_error(live, generation, &err)),
     }
 }
 

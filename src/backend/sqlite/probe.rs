@@ -7,7 +7,6 @@ use sqlx::Sqlite;
 
 use super::generation::read_page;
 use crate::blocking::{self, Stuck};
-use crate::classify::{Code, ErrorClass, classify};
 use crate::health::{Detail, Finding, STUCK_PROBES};
 use crate::live_pool::{Fault, LivePool};
 
@@ -70,40 +69,5 @@ pub(crate) async fn probe(
         Ok(()) => return (generation, Finding::Pass),
         Err(err) => err,
     };
-    let class = classify(&err);
-    let code = Code::of(&err);
-    let safe = match (&err, code.sqlite()) {
-        (_, Some(code)) => format!("{class} database error (SQLite code {code})"),
-        // sqlx's own fixed texts; nothing from the file system or SQLite.
-        (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed, _) => {
-            format!("{class} database error: {err}")
-        }
-        _ => format!("{class} database error"),
-    };
-    let detail = Detail {
-        safe,
-        full: format!("{class} database error: {err}"),
-    };
-    match class {
-        // Closed under a heal, the pool is the policy's business (its state
-        // answers first); a pool in service that is closed serves nothing.
-        ErrorClass::Transient if matches!(err, sqlx::Error::PoolClosed) => (
-            generation,
-            Finding::Dead(Detail::same("the pool in service is closed")),
-        ),
-        ErrorClass::Transient => (generation, Finding::Transient(detail)),
-        // CANTOPEN with the file in place (checked above): a descriptor
-        // shortage, say. Reported, so the policy checks again; not dead.
-        ErrorClass::Fatal if code.sqlite().is_some_and(|code| code & 0xff == 14) => {
-            drop(live.report_classified(generation, class, code, &err));
-            (generation, Finding::Transient(detail))
-        }
-        ErrorClass::Fatal => {
-            drop(live.report_classified(generation, class, code, &err));
-            (generation, Finding::Dead(detail))
-        }
-        // The probe's query cannot fail on a healthy database: whatever this
-        // is (a closed pool, say), the database is not serving.
-        ErrorClass::Other => (generation, Finding::Dead(detail)),
-    }
+    (generation, Finding::from_error(live, generation, &err))
 }
