@@ -126,6 +126,14 @@
 //! The pool's `after_connect` is the crate's check: put per-connection
 //! settings in the connect options rather than in your own `after_connect`.
 //!
+//! A request already waiting in sqlx's `acquire` when the heal closes the
+//! pinned pool is not released at once: sqlx retries a refused connection
+//! inside its own loop until the pool's `acquire_timeout` (30 s by default),
+//! whatever the check answers (`tests/pg_review.rs` shows it; ignored there
+//! as a known limit). Set `acquire_timeout` to a few seconds
+//! (`PgPoolOptions::acquire_timeout`) so such a request fails with a 503
+//! and its retry reaches the new pool.
+//!
 //! # Running it on an HA cluster
 //!
 //! Point the pool at the **primary's endpoint**, never at a node, and give

@@ -324,9 +324,10 @@ impl<DB: Backend> Lease<DB> {
     }
 
     /// Feeds an error from the leased pool to the policy; see
-    /// [`LivePool::report_at`].
-    pub async fn report(&self, err: &sqlx::Error) -> Outcome {
-        self.live.report_at(self.generation, err).await
+    /// [`LivePool::report_at`]. Decided when called: dropping the future
+    /// does not undo the report.
+    pub fn report(&self, err: &sqlx::Error) -> impl Future<Output = Outcome> + Send + 'static {
+        self.live.report_at(self.generation, err)
     }
 }
 
@@ -418,10 +419,14 @@ impl<DB: Backend> LivePool<DB> {
     ///
     /// Non-fatal errors return [`Outcome::Ignored`] at once. A fatal error
     /// starts a heal, or joins the one in flight; it resolves when the heal
-    /// is done.
-    pub async fn report_at(&self, generation: u64, err: &sqlx::Error) -> Outcome {
+    /// is done. The decision is taken when this is called: a caller that
+    /// must not wait for the heal drops the future.
+    pub fn report_at(
+        &self,
+        generation: u64,
+        err: &sqlx::Error,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
         self.report_classified(generation, classify(err), Code::of(err), err)
-            .await
     }
 
     /// The policy's door for an error that was already classified (by the

@@ -111,7 +111,7 @@ impl<DB: Sealed> Inner<DB> {
 
     /// The generation and whether a heal is in flight, from one atomic load.
     #[inline]
-    pub(super) fn load_state(&self) -> (u64, bool, bool) {
+    pub(crate) fn load_state(&self) -> (u64, bool, bool) {
         let state = self.state.load(Ordering::Acquire);
         (
             state >> FLAG_BITS,
@@ -311,8 +311,12 @@ impl<DB: Sealed> Inner<DB> {
 
     /// The recurrence window and the heal budget: `Some` when this heal
     /// must not reopen.
-    pub(crate) fn budget_exceeded(&self, old: &Generation<DB>) -> Option<GiveUpReason> {
-        if let Some(healed_at) = old.healed_at {
+    pub(crate) fn budget_exceeded(
+        &self,
+        old: &Generation<DB>,
+        recurrence: bool,
+    ) -> Option<GiveUpReason> {
+        if let Some(healed_at) = old.healed_at.filter(|_| recurrence) {
             let after = healed_at.elapsed();
             if after < self.config.recurrence_window {
                 return Some(GiveUpReason::Recurred { after });

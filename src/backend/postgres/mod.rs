@@ -108,12 +108,16 @@ impl Sealed for Postgres {
     async fn replace(
         inner: &Arc<Inner<Self>>,
         old: &Arc<Generation<Self>>,
-        _fault: &Fault,
+        fault: &Fault,
     ) -> (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>) {
         // Writes on the pinned pool fail fast (PoolClosed, 503) from now on
         // instead of reaching a server that refuses them.
         drop(old.pool.close());
-        if let Some(reason) = inner.budget_exceeded(old) {
+        // A generation that was verified writable and lost its primary later
+        // is a new failover, not the same fault coming back: only the heal
+        // budget (max_heals) applies, not the recurrence window.
+        let recurrence = !matches!(fault, Fault::NotWritable { .. });
+        if let Some(reason) = inner.budget_exceeded(old, recurrence) {
             return (Err(reason), None);
         }
         (reopen(inner, old.number + 1).await, None)
@@ -160,11 +164,14 @@ async fn confirm(
             current: current.number,
         };
     }
-    let checked = tokio::time::timeout(ATTEMPT_BOUND, async {
-        let mut conn = current.pool.acquire().await?;
-        writability(&mut *conn).await
-    })
-    .await;
+    // An idle connection of the pool, else a direct one to the same
+    // endpoint: a saturated pool must not hide its server's state (its
+    // connections cannot be on another server than the endpoint's: a
+    // demotion restarts the server, and the gate refuses new connections).
+    let checked = match current.pool.try_acquire() {
+        Some(mut conn) => tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await,
+        None => tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.backend.connect)).await,
+    };
     match checked {
         Ok(Ok(Writability::NotWritable(why))) => {
             let fault = Fault::NotWritable {
@@ -271,15 +278,25 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
     let current = live.current();
     let generation = current.number;
     let expect = live.inner().backend.settings.expect;
-    let checked = tokio::time::timeout(bound, async {
-        // An idle connection first: a probe must not grow a busy pool.
-        let mut conn = match current.pool.try_acquire() {
-            Some(conn) => conn,
-            None => current.pool.acquire().await?,
-        };
-        writability(&mut *conn).await
-    })
-    .await;
+    let started = Instant::now();
+    // An idle connection first: a probe must not grow a busy pool.
+    let mut conn = match current.pool.try_acquire() {
+        Some(conn) => conn,
+        None => match tokio::time::timeout(bound, current.pool.acquire()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return (generation, Finding::from_error(live, generation, &err)),
+            // Every connection busy: an exhausted pool, not a silent server.
+            Err(_) if current.pool.size() >= current.pool.options().get_max_connections() => {
+                let text = format!("no pool connection free within {} ms", bound.as_millis());
+                return (generation, Finding::Transient(Detail::same(text)));
+            }
+            // A new connection did not answer: counted like a silent query.
+            Err(_) => return (generation, silent(stuck, bound)),
+        },
+    };
+    let left = bound.saturating_sub(started.elapsed());
+    let checked = tokio::time::timeout(left, writability(&mut *conn)).await;
+    drop(conn);
     let Ok(checked) = checked else {
         let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let safe = format!(
@@ -315,6 +332,20 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
         }
         Err(err) => (generation, Finding::from_error(live, generation, &err)),
     }
+}
+
+/// A probe the server did not answer: `warn`, and `fail` from the
+/// [`STUCK_PROBES`]th in a row.
+fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
+    let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let safe = format!(
+        "the database did not answer within {} ms",
+        bound.as_millis()
+    );
+    if in_a_row < STUCK_PROBES {
+        return Finding::Transient(Detail::same(safe));
+    }
+    Finding::Dead(Detail::same(format!("{safe} ({in_a_row} probes in a row)")))
 }
 
 /// The background check: every interval (jittered, so a fleet spreads), the

@@ -56,17 +56,38 @@ where
 
 /// Connects once, directly (not through a pool: sqlx would retry a refused
 /// connection inside its own loop, unjittered), asks, and closes.
-async fn attempt(options: &PgConnectOptions) -> Result<Writability, String> {
-    let once = async {
-        let mut conn = PgConnection::connect_with(options).await?;
-        let found = writability(&mut conn).await;
-        let _ = conn.close().await;
-        found
-    };
-    match tokio::time::timeout(ATTEMPT_BOUND, once).await {
+pub(crate) async fn direct(options: &PgConnectOptions) -> Result<Writability, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let found = writability(&mut conn).await;
+    let _ = conn.close().await;
+    found
+}
+
+/// Why an attempt failed, and whether waiting can help.
+struct Failed {
+    why: String,
+    /// No database of that name, or the role is refused: no failover fixes
+    /// that, so the wait ends at once.
+    permanent: bool,
+}
+
+async fn attempt(options: &PgConnectOptions) -> Result<Writability, Failed> {
+    match tokio::time::timeout(ATTEMPT_BOUND, direct(options)).await {
         Ok(Ok(found)) => Ok(found),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {ATTEMPT_BOUND:?}")),
+        Ok(Err(err)) => {
+            let permanent = err
+                .as_database_error()
+                .and_then(|db| db.code())
+                .is_some_and(|code| matches!(&*code, "3D000" | "28000" | "28P01"));
+            Err(Failed {
+                why: err.to_string(),
+                permanent,
+            })
+        }
+        Err(_) => Err(Failed {
+            why: format!("no answer within {ATTEMPT_BOUND:?}"),
+            permanent: false,
+        }),
     }
 }
 
@@ -91,13 +112,23 @@ pub(crate) async fn wait_for_writable(
                 return Ok(());
             }
             Ok(Writability::NotWritable(why)) => why,
-            Err(err) => err,
+            Err(Failed {
+                why,
+                permanent: true,
+            }) => {
+                return Err(format!("{why} (no failover changes that)"));
+            }
+            Err(Failed { why, .. }) => why,
         };
         let now = Instant::now();
         if now >= deadline || stop() {
             return Err(format!("{why} (after {attempts} attempts)"));
         }
-        tracing::debug!(attempts, why, "waiting for a writable primary");
+        if attempts == 1 {
+            tracing::warn!(why, "waiting for a writable primary");
+        } else {
+            tracing::debug!(attempts, why, "waiting for a writable primary");
+        }
         let pause = jitter(cap).min(deadline - now);
         tokio::time::sleep(pause).await;
         cap = (cap * 2).min(BACKOFF_MAX);
@@ -129,7 +160,20 @@ fn random() -> u64 {
 pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64) -> PgPoolOptions {
     options.after_connect(move |conn, _meta| {
         let inner = policy.get().and_then(Weak::upgrade);
+        // This generation was replaced or closed: sqlx keeps retrying a
+        // refused connection until its acquire_timeout, so refuse at once,
+        // without a round trip to the server.
+        let retired = inner.as_ref().is_some_and(|inner| {
+            let (current, healing, gave_up) = inner.load_state();
+            current > generation
+                || (current == generation && healing)
+                || gave_up
+                || inner.is_closed()
+        });
         Box::pin(async move {
+            if retired {
+                return Err(sqlx::Error::PoolClosed);
+            }
             match writability(&mut *conn).await? {
                 Writability::Writable => Ok(()),
                 Writability::NotWritable(why) => {

@@ -140,7 +140,7 @@ impl Inner<Sqlite> {
                 rescue,
             );
         }
-        if let Some(reason) = self.budget_exceeded(old) {
+        if let Some(reason) = self.budget_exceeded(old, true) {
             return (Err(reason), rescue);
         }
         (self.reopen(old, &schema).await, rescue)
