@@ -216,6 +216,7 @@ pub async fn example_binary(name: &str) -> Result<PathBuf, BoxError> {
         (cfg!(feature = "tonic"), "tonic"),
         (cfg!(feature = "systemd"), "systemd"),
         (cfg!(feature = "metrics"), "metrics"),
+        (cfg!(feature = "postgres"), "postgres"),
     ] {
         if on {
             features.push(feature);
