@@ -126,13 +126,15 @@
 //! The pool's `after_connect` is the crate's check: put per-connection
 //! settings in the connect options rather than in your own `after_connect`.
 //!
-//! A request already waiting in sqlx's `acquire` when the heal closes the
-//! pinned pool is not released at once: sqlx retries a refused connection
-//! inside its own loop until the pool's `acquire_timeout` (30 s by default),
-//! whatever the check answers (`tests/pg_review.rs` shows it; ignored there
-//! as a known limit). Set `acquire_timeout` to a few seconds
-//! (`PgPoolOptions::acquire_timeout`) so such a request fails with a 503
-//! and its retry reaches the new pool.
+//! A request already inside sqlx's `acquire` when the heal starts is in
+//! sqlx's own retry loop, which `Pool::close` does not stop and which
+//! retries a refused connection until `acquire_timeout`. So once a
+//! generation is being replaced its check lets the next connection through:
+//! that request's statement reaches the demoted node once and fails there
+//! (`25006`, a 503: a write is never acknowledged by a server that does
+//! not take writes; a read in that instant may be answered by the standby),
+//! instead of waiting up to 30 s. At most one request per waiting acquire,
+//! once; the pool holding it is closed, and its connection is dropped.
 //!
 //! # Running it on an HA cluster
 //!

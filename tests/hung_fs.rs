@@ -142,17 +142,17 @@ fn child_server() -> TestResult {
             .build()?,
     };
     runtime.block_on(async {
-        let live = LivePool::builder(
+        let builder = LivePool::builder(
             SqliteConnectOptions::new()
                 .filename(&db)
                 .create_if_missing(true),
         )
-        .watchdog_interval(Some(Duration::from_millis(200)))
+        .watchdog_interval(Some(Duration::from_millis(200)));
         // The watch thread would start at the first tick, racing the
         // thread count taken before the hang.
-        .fs_watch(false)
-        .open()
-        .await?;
+        #[cfg(feature = "fs-watch")]
+        let builder = builder.fs_watch(false);
+        let live = builder.open().await?;
         let app = axum::Router::new().route_service("/health", HealthService::new(live));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("listening on {}", listener.local_addr()?);

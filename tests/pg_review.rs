@@ -548,16 +548,14 @@ async fn read_only_for_the_app_role_only_is_never_pass() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------
-// FINDING candidate: a request already waiting in `acquire` on the pinned
-// pool when the heal closes it is not released. The docs (and `replace`)
-// say writes on the pinned pool fail fast with PoolClosed from the moment
-// the heal starts; instead sqlx's acquire loop keeps opening connections to
-// the demoted node (each refused by the gate, un-jittered) until the pool's
-// acquire_timeout (30 s by default) and only then fails, with PoolTimedOut.
-// A request held ~30 s, and the demoted node hammered meanwhile, by a pool
-// that is already closed.
+// FINDING (fixed): a request already waiting in `acquire` on the pinned
+// pool when the heal closes it was not released: sqlx's acquire loop kept
+// opening connections to the demoted node (each refused by the gate,
+// un-jittered) until the pool's acquire_timeout (30 s by default), and
+// `Pool::close` does not stop that loop. The check now lets a retired
+// generation's connection through, so the write fails at once (25006) on
+// its next turn. 10 s is a failure bound, three orders above the expected.
 // ---------------------------------------------------------------------------
-#[ignore = "known limit: sqlx 0.9 retries a refused connection inside acquire until acquire_timeout, whatever the gate returns; documented in the postgres guide"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_waiting_on_the_pinned_pool_is_released_by_the_heal() -> TestResult {
     let cluster = cluster();

@@ -15,8 +15,10 @@ use std::time::Duration;
 use sqlx::{Pool, Sqlite};
 use tokio::sync::{oneshot, watch};
 
+pub(crate) use builder::Config;
 pub use builder::LivePoolBuilder;
-pub(crate) use builder::{Config, Source};
+#[cfg(feature = "postgres")]
+pub(crate) use builder::Source;
 pub(crate) use erased::{AnyLive, WeakAnyLive};
 pub use generation::Generation;
 pub use policy::Inner;

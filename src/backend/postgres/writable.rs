@@ -160,9 +160,13 @@ fn random() -> u64 {
 pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64) -> PgPoolOptions {
     options.after_connect(move |conn, _meta| {
         let inner = policy.get().and_then(Weak::upgrade);
-        // This generation was replaced or closed: sqlx keeps retrying a
-        // refused connection until its acquire_timeout, so refuse at once,
-        // without a round trip to the server.
+        // This generation is being replaced (or was, or the LivePool is
+        // closed). A refusal would not end the request: sqlx retries it
+        // inside `acquire` until its acquire_timeout, whatever the error,
+        // and closing the pool does not stop that loop. So the connection is
+        // let through: the request's write fails at once on the server that
+        // does not take writes (25006, a 503), its connection goes back to a
+        // closed pool and is dropped, and the retry reaches the new pool.
         let retired = inner.as_ref().is_some_and(|inner| {
             let (current, healing, gave_up) = inner.load_state();
             current > generation
@@ -172,7 +176,7 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
         });
         Box::pin(async move {
             if retired {
-                return Err(sqlx::Error::PoolClosed);
+                return Ok(());
             }
             match writability(&mut *conn).await? {
                 Writability::Writable => Ok(()),
