@@ -262,6 +262,13 @@ fn watch_policy(live: &LivePool<Postgres>, clock: Clock) {
                 PoolStatus::Live { generation, .. } => {
                     format!("LivePool: generation {generation} swapped in")
                 }
+                PoolStatus::AwaitingPrimary {
+                    attempts: 1, last, ..
+                } => {
+                    format!("LivePool: waiting for a writable primary ({last})")
+                }
+                // Later attempts of the same wait.
+                PoolStatus::AwaitingPrimary { .. } => continue,
                 PoolStatus::GaveUp(gave_up) => format!("LivePool: gave up: {}", gave_up.reason),
                 other => format!("LivePool: {other:?}"),
             });

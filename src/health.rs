@@ -346,6 +346,27 @@ impl HealthService {
                     },
                 ))
             }
+            PoolStatus::AwaitingPrimary {
+                fault,
+                attempts,
+                last,
+                ..
+            } => {
+                let text = |fault: String, last: Option<&str>| {
+                    let found = last.map(|l| format!(" (last: {l})")).unwrap_or_default();
+                    format!(
+                        "no database server that takes writes yet: {attempts} attempts{found}; \
+                         waiting for the failover (after: {fault})"
+                    )
+                };
+                Some((
+                    HealthStatus::Fail,
+                    Detail {
+                        safe: text(safe_fault(fault), None),
+                        full: text(fault.to_string(), Some(last)),
+                    },
+                ))
+            }
             PoolStatus::GaveUp(gave_up) => Some((
                 HealthStatus::Fail,
                 Detail {

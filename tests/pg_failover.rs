@@ -184,7 +184,10 @@ async fn switchover(max_connections: u32) -> TestResult {
     // The old primary is a standby now and the proxy still leads to it: the
     // pool's new connections are refused by the check, which heals.
     wait_for_status(&live, "a heal after the switchover", |s| {
-        matches!(s, PoolStatus::Healing { .. })
+        matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     let pinned_failures = tally.failed.load(Ordering::Relaxed);
@@ -282,16 +285,22 @@ async fn a_primary_turned_read_only_is_found_without_a_write_and_healed() -> Tes
         !matches!(s, PoolStatus::Live { generation: 0, .. })
     })
     .await;
-    let PoolStatus::Healing { fault, .. } = found else {
+    let (PoolStatus::Healing { fault, .. } | PoolStatus::AwaitingPrimary { fault, .. }) = found
+    else {
         panic!("expected a heal in flight, got {found:?}");
     };
     assert!(
         fault.to_string().contains("transaction_read_only"),
         "{fault}"
     );
-    // Meanwhile /health is not green.
+    // Meanwhile, with no server that takes writes, /health fails.
+    wait_for_status(&live, "the wait for a writable primary", |s| {
+        matches!(s, PoolStatus::AwaitingPrimary { .. })
+    })
+    .await;
     let (status, body) = get_health(&health).await?;
-    assert_ne!(body["status"], "pass", "{status} {body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "fail", "{body}");
     admin(&cluster, |c| c.set_read_only(false)).await?;
     wait_for_status(&live, "the heal", |s| {
         matches!(s, PoolStatus::Live { generation: 1, .. })

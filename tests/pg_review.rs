@@ -272,7 +272,10 @@ async fn switchover_and_heal(
     .await;
     admin(cluster, move |c| c.repoint(new_primary)).await;
     wait_for_status(live, "the end of the heal", |s| {
-        !matches!(s, PoolStatus::Healing { .. })
+        !matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     Ok(new_primary)
@@ -343,7 +346,10 @@ async fn close_during_the_heals_wait_in_a_black_hole_returns_without_exit() -> T
         .await?;
     admin(&cluster, |c| c.set_read_only(true)).await?;
     wait_for_status(&live, "the heal", |s| {
-        matches!(s, PoolStatus::Healing { .. })
+        matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     admin(&cluster, |c| c.black_hole(true)).await;
@@ -376,7 +382,10 @@ async fn a_black_hole_during_the_heal_then_recovery_heals_once() -> TestResult {
     create_table(&live).await?;
     admin(&cluster, |c| c.set_read_only(true)).await?;
     wait_for_status(&live, "the heal", |s| {
-        matches!(s, PoolStatus::Healing { .. })
+        matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     admin(&cluster, |c| c.black_hole(true)).await;
@@ -385,7 +394,10 @@ async fn a_black_hole_during_the_heal_then_recovery_heals_once() -> TestResult {
     admin(&cluster, |c| c.set_read_only(false)).await?;
     admin(&cluster, |c| c.black_hole(false)).await;
     wait_for_status(&live, "the heal onto the writable primary", |s| {
-        !matches!(s, PoolStatus::Healing { .. })
+        !matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     assert_eq!(live.generation(), 1, "{:?}", live.status());
@@ -575,7 +587,10 @@ async fn a_request_waiting_on_the_pinned_pool_is_released_by_the_heal() -> TestR
             .await
     });
     wait_for_status(&live, "the heal", |s| {
-        matches!(s, PoolStatus::Healing { .. })
+        matches!(
+            s,
+            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+        )
     })
     .await;
     assert!(live.pool().is_closed() || live.is_healing());

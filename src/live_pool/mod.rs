@@ -260,6 +260,20 @@ pub enum PoolStatus {
         /// SQLite's result code of the last failure, if any (13: disk full).
         code: Option<i32>,
     },
+    /// A heal of `generation` is waiting for a server that takes writes
+    /// (Postgres: the failover has not produced a reachable writable primary
+    /// yet). Nothing is served meanwhile, so `/health` answers `fail`; the
+    /// policy gives up at the reopen timeout.
+    AwaitingPrimary {
+        /// The generation being replaced.
+        generation: u64,
+        /// What made it fatal.
+        fault: Fault,
+        /// Attempts so far that found no writable server.
+        attempts: u32,
+        /// What the last attempt found.
+        last: String,
+    },
     /// The policy gave up; the exit action has run or is about to.
     GaveUp(GaveUp),
 }

@@ -28,7 +28,7 @@ use super::sealed::Sealed;
 use crate::classify::{Code, ErrorClass, classify};
 use crate::health::{Detail, Finding, STUCK_PROBES};
 use crate::live_pool::{
-    Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome,
+    Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
 };
 
 /// What a Postgres [`LivePool`] expects of the server behind it; see
@@ -120,7 +120,7 @@ impl Sealed for Postgres {
         if let Some(reason) = inner.budget_exceeded(old, recurrence) {
             return (Err(reason), None);
         }
-        (reopen(inner, old.number + 1).await, None)
+        (reopen(inner, old.number + 1, fault).await, None)
     }
 
     fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
@@ -207,12 +207,21 @@ async fn confirm(
 async fn reopen(
     inner: &Arc<Inner<Postgres>>,
     number: u64,
+    fault: &Fault,
 ) -> Result<Generation<Postgres>, GiveUpReason> {
     let state = &inner.backend;
     let deadline = Instant::now() + inner.config.reopen_timeout;
     loop {
         if state.settings.expect == Expect::Writable {
-            wait_for_writable(&state.connect, deadline, || inner.is_closed())
+            let failed = |attempts, last: &str| {
+                inner.status.send_replace(PoolStatus::AwaitingPrimary {
+                    generation: number - 1,
+                    fault: fault.clone(),
+                    attempts,
+                    last: last.to_owned(),
+                });
+            };
+            wait_for_writable(&state.connect, deadline, || inner.is_closed(), failed)
                 .await
                 .map_err(|why| {
                     GiveUpReason::ReopenFailed(format!(
@@ -457,7 +466,7 @@ impl LivePoolBuilder<Postgres> {
         };
         let deadline = Instant::now() + self.config.reopen_timeout;
         if state.settings.expect == Expect::Writable {
-            wait_for_writable(&state.connect, deadline, || false)
+            wait_for_writable(&state.connect, deadline, || false, |_, _| {})
                 .await
                 .map_err(|why| {
                     sqlx::Error::Protocol(format!(

@@ -101,6 +101,7 @@ pub(crate) async fn wait_for_writable(
     options: &PgConnectOptions,
     deadline: Instant,
     stop: impl Fn() -> bool,
+    failed: impl Fn(u32, &str),
 ) -> Result<(), String> {
     let mut cap = BACKOFF_FIRST;
     let mut attempts = 0u32;
@@ -124,6 +125,7 @@ pub(crate) async fn wait_for_writable(
         if now >= deadline || stop() {
             return Err(format!("{why} (after {attempts} attempts)"));
         }
+        failed(attempts, &why);
         if attempts == 1 {
             tracing::warn!(why, "waiting for a writable primary");
         } else {
