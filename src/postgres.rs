@@ -89,9 +89,8 @@
 //! Measured (real primary, standby and proxy, 3 writers at ~200 writes/s,
 //! the realistic switchover: old primary stopped fast, standby promoted, old
 //! primary restarted as a standby, proxy still at it for 8 s, then moved):
-//! the pool never holds a connection to the demoted node; the only writes
-//! that reach it are those already inside sqlx's `acquire` when the heal
-//! starts (at most one each, failing with `25006`); every acknowledged write
+//! the pool never holds a connection to the demoted node and no write
+//! reaches it; every acknowledged write
 //! is on the new primary; the first clean second comes 0.45 s (median of 3;
 //! max 0.68 s) after the proxy moves, where a plain pool fails every write
 //! for ever and a `before_acquire` check reconnects ~180 times a second to
@@ -138,12 +137,11 @@
 //! A request already inside sqlx's `acquire` when the heal starts is in
 //! sqlx's own retry loop, which `Pool::close` does not stop and which
 //! retries a refused connection until `acquire_timeout`. So once a
-//! generation is being replaced its check lets the next connection through:
-//! that request's statement reaches the demoted node once and fails there
-//! (`25006`, a 503: a write is never acknowledged by a server that does
-//! not take writes; a read in that instant may be answered by the standby),
-//! instead of waiting up to 30 s. At most one request per waiting acquire,
-//! once; the pool holding it is closed, and its connection is dropped.
+//! generation is being replaced its check hands the next connection out
+//! with its session ended (`pg_terminate_backend(pg_backend_pid())`): the
+//! request's statement fails at once on the closed connection (a transient
+//! error, a 503) instead of waiting up to 30 s, and no read is answered by
+//! a standby and no write committed on a server that does not take writes.
 //!
 //! # Running it on an HA cluster
 //!

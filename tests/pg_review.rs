@@ -539,13 +539,20 @@ async fn read_only_for_the_app_role_only_is_never_pass() -> TestResult {
         .execute(&live.pool())
         .await;
     eprintln!("health with only old sessions: {body}; write on an old session: {wrote:?}");
-    // Force a new connection.
+    // Force a new connection: hold every idle one, then acquire once more.
     let pool = live.pool();
-    let a = pool.acquire().await;
-    let b = pool.acquire().await;
-    eprintln!("second acquire: {:?}", b.as_ref().err());
-    drop((a, b));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut held = Vec::new();
+    while let Some(conn) = pool.try_acquire() {
+        held.push(conn);
+    }
+    let new = pool.acquire().await;
+    eprintln!("acquire of a new connection: {:?}", new.as_ref().err());
+    drop((held, new));
+    // The new session's check found it read-only: the heal is in flight.
+    wait_for_status(&live, "the heal after the new session's check", |s| {
+        !matches!(s, PoolStatus::Live { generation: 0, .. })
+    })
+    .await;
     let (_, body2) = get_health(&health).await?;
     eprintln!(
         "health after a new connection: {body2}; status {:?}",

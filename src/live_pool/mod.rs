@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Pool, Sqlite};
 use tokio::sync::{oneshot, watch};
@@ -30,6 +30,16 @@ use crate::classify::{Code, ErrorClass, classify};
 
 /// Spawns a backend's background checks, which end when the receiver resolves.
 pub(crate) type SpawnChecks<DB> = fn(&Arc<Inner<DB>>, oneshot::Receiver<()>);
+/// `now + after`, for any `after` a user may configure (`Duration::MAX`
+/// for "wait for ever" included): a deadline past what `Instant` holds is
+/// one no wait reaches.
+pub(crate) fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub(crate) type ReopenFn<DB> =
     Arc<dyn Fn() -> BoxFuture<Result<Pool<DB>, sqlx::Error>> + Send + Sync>;
@@ -563,7 +573,7 @@ impl<DB: Backend> LivePool<DB> {
         let config = &self.inner.config;
         // A heal in flight rescues and seals the dead file first (it does
         // not reopen any more): wait for it, bounded.
-        let limit = config.rescue.timeout + config.reopen_timeout;
+        let limit = config.rescue.timeout.saturating_add(config.reopen_timeout);
         if tokio::time::timeout(limit, self.healed()).await.is_err() {
             tracing::error!(
                 "the heal in flight did not finish within {limit:?} (a rescue failing?); closing anyway: \

@@ -29,6 +29,7 @@ use crate::classify::{Code, ErrorClass, classify};
 use crate::health::{Detail, Finding, STUCK_PROBES};
 use crate::live_pool::{
     Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
+    deadline_after,
 };
 
 /// What a Postgres [`LivePool`] expects of the server behind it; see
@@ -210,7 +211,7 @@ async fn reopen(
     fault: &Fault,
 ) -> Result<Generation<Postgres>, GiveUpReason> {
     let state = &inner.backend;
-    let deadline = Instant::now() + inner.config.reopen_timeout;
+    let deadline = deadline_after(inner.config.reopen_timeout);
     loop {
         if state.settings.expect == Expect::Writable {
             let failed = |attempts, last: &str| {
@@ -371,7 +372,7 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                () = tokio::time::sleep(jitter(interval * 2).max(interval / 2)) => {}
+                () = tokio::time::sleep(jitter(interval.saturating_mul(2)).max(interval / 2)) => {}
             }
             let Some(inner) = weak.upgrade() else { return };
             if inner.gave_up() || inner.is_closed() {
@@ -464,7 +465,7 @@ impl LivePoolBuilder<Postgres> {
             settings: self.settings,
             policy: PolicyCell::default(),
         };
-        let deadline = Instant::now() + self.config.reopen_timeout;
+        let deadline = deadline_after(self.config.reopen_timeout);
         if state.settings.expect == Expect::Writable {
             wait_for_writable(&state.connect, deadline, || false, |_, _| {})
                 .await

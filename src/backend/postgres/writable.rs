@@ -163,12 +163,14 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
     options.after_connect(move |conn, _meta| {
         let inner = policy.get().and_then(Weak::upgrade);
         // This generation is being replaced (or was, or the LivePool is
-        // closed). A refusal would not end the request: sqlx retries it
-        // inside `acquire` until its acquire_timeout, whatever the error,
-        // and closing the pool does not stop that loop. So the connection is
-        // let through: the request's write fails at once on the server that
-        // does not take writes (25006, a 503), its connection goes back to a
-        // closed pool and is dropped, and the retry reaches the new pool.
+        // closed). A refusal would not end the request that opened this
+        // connection: sqlx retries it inside `acquire` until its
+        // acquire_timeout, whatever the error, and closing the pool does not
+        // stop that loop. So the connection is handed out unusable: the
+        // session ends itself, and the request's statement fails at once on
+        // the closed connection (a transient error, a 503) — no read can be
+        // answered by a standby and no write committed on a server that does
+        // not take writes. Its retry reaches the new pool.
         let retired = inner.as_ref().is_some_and(|inner| {
             let (current, healing, gave_up) = inner.load_state();
             current > generation
@@ -178,7 +180,7 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
         });
         Box::pin(async move {
             if retired {
-                return Ok(());
+                return end_session(conn).await;
             }
             match writability(&mut *conn).await? {
                 Writability::Writable => Ok(()),
@@ -205,6 +207,28 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
             }
         })
     })
+}
+
+/// Ends the server session behind `conn` (its own backend may always be
+/// terminated by its role). `Ok` once the server ended it; otherwise the
+/// connection would still serve, and is refused instead.
+async fn end_session(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let ended = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&mut *conn)
+        .await;
+    match ended {
+        // The backend ended itself while answering: FATAL 57P01, or the
+        // connection is gone.
+        Err(sqlx::Error::Io(_)) => Ok(()),
+        Err(err)
+            if err.as_database_error().and_then(|db| db.code()).as_deref() == Some("57P01") =>
+        {
+            Ok(())
+        }
+        Ok(_) | Err(_) => Err(sqlx::Error::Protocol(
+            "a replaced generation's connection could not be ended; refused".into(),
+        )),
+    }
 }
 
 #[cfg(test)]

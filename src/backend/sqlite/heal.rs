@@ -173,7 +173,7 @@ impl Inner<Sqlite> {
         };
         let before = data_version(conn).await;
         let first = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
-        let deadline = Instant::now() + self.config.drain_timeout;
+        let deadline = crate::live_pool::deadline_after(self.config.drain_timeout);
         let Err(before) = seal_loop(conn, &ctx, before, Some(deadline)).await else {
             return Some(first);
         };
