@@ -8,6 +8,9 @@
 //! them every test here fails with what to install.
 
 mod pg_cluster;
+mod pg_support;
+
+use pg_support::{BOUND, TestResult, admin, cluster, exits, get_health, wait_for_status};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,39 +20,9 @@ use pg_cluster::{Cluster, Node, StopMode};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, Postgres};
 use tokio::sync::mpsc;
-use tower::ServiceExt;
 use tower_db_liveness::{
     ErrorClass, Expect, GaveUp, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
 };
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Failure bound for anything that must happen; never a measurement.
-const BOUND: Duration = Duration::from_secs(60);
-
-fn cluster() -> Arc<Cluster> {
-    Arc::new(Cluster::start().expect("start a PostgreSQL primary + standby (see tests/pg_cluster)"))
-}
-
-/// Runs a blocking cluster operation without stalling the runtime.
-async fn admin<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    op: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || op(&cluster))
-        .await
-        .expect("the cluster operation panicked")
-}
-
-/// The give-ups, in place of the process exit.
-fn exits() -> (
-    impl Fn(&GaveUp) + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<GaveUp>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |gave_up: &GaveUp| drop(tx.send(gave_up.clone())), rx)
-}
 
 async fn open(
     cluster: &Cluster,
@@ -133,18 +106,6 @@ fn writers(
             })
         })
         .collect()
-}
-
-async fn wait_for_status(
-    live: &LivePool<Postgres>,
-    what: &str,
-    f: impl FnMut(&PoolStatus) -> bool,
-) -> PoolStatus {
-    let mut status = live.subscribe();
-    tokio::time::timeout(BOUND, status.wait_for(f))
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {BOUND:?}; now {:?}", live.status()))
-        .expect("the LivePool is gone")
 }
 
 async fn rows_on(cluster: &Cluster, node: Node, ids: &[i64]) -> sqlx::Result<i64> {
@@ -619,17 +580,4 @@ async fn a_replica_pool_never_treats_read_only_as_fatal() -> TestResult {
     assert_eq!(live.generation(), 0);
     assert!(gave_up.try_recv().is_err());
     Ok(())
-}
-
-async fn get_health(
-    health: &HealthService,
-) -> Result<(u16, serde_json::Value), Box<dyn std::error::Error + Send + Sync>> {
-    use http_body_util::BodyExt;
-    let response = health
-        .clone()
-        .oneshot(http::Request::get("/health").body(http_body_util::Empty::<bytes::Bytes>::new())?)
-        .await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body)?))
 }

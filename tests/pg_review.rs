@@ -4,6 +4,12 @@
 //! finding (see its comment), a passing one is a guarantee that held.
 
 mod pg_cluster;
+mod pg_support;
+
+use pg_support::{
+    BOUND, TestResult, admin, cluster, create_table, exits, get_health, takes_writes,
+    wait_for_status,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,89 +18,7 @@ use std::time::Duration;
 use pg_cluster::{APP, Cluster, Node};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, Postgres};
-use tokio::sync::mpsc;
-use tower::ServiceExt;
-use tower_db_liveness::{ErrorClass, Expect, GaveUp, HealthService, LivePool, Outcome, PoolStatus};
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Failure bound for anything that must happen; never a measurement.
-const BOUND: Duration = Duration::from_secs(60);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn cluster() -> Arc<Cluster> {
-    init_logs();
-    Arc::new(Cluster::start().expect("start a PostgreSQL primary + standby (see tests/pg_cluster)"))
-}
-
-async fn admin<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    op: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || op(&cluster))
-        .await
-        .expect("the cluster operation panicked")
-}
-
-fn exits() -> (
-    impl Fn(&GaveUp) + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<GaveUp>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |gave_up: &GaveUp| drop(tx.send(gave_up.clone())), rx)
-}
-
-async fn wait_for_status(
-    live: &LivePool<Postgres>,
-    what: &str,
-    f: impl FnMut(&PoolStatus) -> bool,
-) -> PoolStatus {
-    let mut status = live.subscribe();
-    tokio::time::timeout(BOUND, status.wait_for(f))
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {BOUND:?}; now {:?}", live.status()))
-        .expect("the LivePool is gone")
-}
-
-async fn get_health(
-    health: &HealthService,
-) -> Result<(u16, serde_json::Value), Box<dyn std::error::Error + Send + Sync>> {
-    use http_body_util::BodyExt;
-    let response = health
-        .clone()
-        .oneshot(http::Request::get("/health").body(http_body_util::Empty::<bytes::Bytes>::new())?)
-        .await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body)?))
-}
-
-async fn create_table(live: &LivePool<Postgres>) -> sqlx::Result<()> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, v text NOT NULL)")
-        .execute(&live.pool())
-        .await
-        .map(drop)
-}
-
-/// Asks the node directly (not through the pool or the proxy) whether it
-/// takes writes from the app role: the ground truth for a test's claim.
-async fn takes_writes(cluster: &Cluster, node: Node) -> sqlx::Result<bool> {
-    let mut conn = PgConnection::connect(&cluster.direct_url(node)).await?;
-    let (rec, ro): (bool, bool) = sqlx::query_as(
-        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
-    )
-    .fetch_one(&mut conn)
-    .await?;
-    conn.close().await?;
-    Ok(!rec && !ro)
-}
+use tower_db_liveness::{ErrorClass, Expect, HealthService, LivePool, Outcome, PoolStatus};
 
 // ---------------------------------------------------------------------------
 // FINDING candidate: a saturated pool on a server turned read-only in place.

@@ -5,69 +5,15 @@
 //! comment); bounds are failure bounds, never measurements.
 
 mod pg_cluster;
+mod pg_support;
 
-use std::sync::Arc;
+use pg_support::{BOUND, TestResult, admin, cluster, create_table, exits, takes_writes};
+
 use std::time::Duration;
 
-use pg_cluster::{Cluster, Node};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, Postgres};
-use tokio::sync::mpsc;
-use tower_db_liveness::{GaveUp, LivePool, PoolStatus};
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Failure bound for anything that must happen; never a measurement.
-const BOUND: Duration = Duration::from_secs(60);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn cluster() -> Arc<Cluster> {
-    init_logs();
-    Arc::new(Cluster::start().expect("start a PostgreSQL primary + standby (see tests/pg_cluster)"))
-}
-
-async fn admin<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    op: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || op(&cluster))
-        .await
-        .expect("the cluster operation panicked")
-}
-
-fn exits() -> (
-    impl Fn(&GaveUp) + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<GaveUp>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |gave_up: &GaveUp| drop(tx.send(gave_up.clone())), rx)
-}
-
-async fn create_table(live: &LivePool<Postgres>) -> sqlx::Result<()> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, v text NOT NULL)")
-        .execute(&live.pool())
-        .await
-        .map(drop)
-}
-
-/// Whether `node` (asked directly, as the app role) takes writes.
-async fn takes_writes(cluster: &Cluster, node: Node) -> sqlx::Result<bool> {
-    let mut conn = PgConnection::connect(&cluster.direct_url(node)).await?;
-    let (rec, ro): (bool, bool) = sqlx::query_as(
-        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
-    )
-    .fetch_one(&mut conn)
-    .await?;
-    conn.close().await?;
-    Ok(!rec && !ro)
-}
+use tower_db_liveness::{LivePool, PoolStatus};
 
 // ---------------------------------------------------------------------------
 // FINDING: a write is acknowledged by a server that does not take writes.
