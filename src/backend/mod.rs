@@ -18,6 +18,21 @@ use crate::classify::{Code, ErrorClass};
 use crate::health::Finding;
 use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, LivePool, Outcome};
 
+/// 64 bits nobody can guess: the process's randomly seeded hasher over a
+/// counter and the clock, so every call differs even with one seed (rescue
+/// names, back-off jitter).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    hasher.finish()
+}
+
 /// A database [`LivePool`](crate::LivePool) supports: [`sqlx::Sqlite`], and
 /// [`sqlx::Postgres`] with the `postgres` feature.
 ///

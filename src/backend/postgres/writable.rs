@@ -1,7 +1,6 @@
 //! Whether the server behind a connection takes writes, and the wait for
 //! one that does.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -142,16 +141,7 @@ pub(crate) async fn wait_for_writable(
 pub(crate) fn jitter(max: Duration) -> Duration {
     let half = max / 2;
     let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_nanos(random() % nanos)
-}
-
-/// 64 bits from the process's randomly seeded hasher and a counter.
-fn random() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
+    half + Duration::from_nanos(crate::backend::random_u64() % nanos)
 }
 
 /// `options` with the check every new connection of a pool meant for writes

@@ -11,11 +11,8 @@
 //! a random part, so nobody can squat them in a shared directory such as
 //! `/tmp`, and are created with `O_EXCL`, mode 0600.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
@@ -154,18 +151,12 @@ fn places(configured: Option<&Path>, db_path: &Path) -> Vec<PathBuf> {
 
 /// A name part nobody can guess: a timestamp and 64 random bits.
 pub(crate) fn unique_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // `RandomState` is seeded from the OS; the counter and the clock make
-    // every call differ even with one seed.
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_i128(OffsetDateTime::now_utc().unix_timestamp_nanos());
     let stamp = OffsetDateTime::now_utc()
         .format(format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .unwrap_or_default();
-    format!("{stamp}-{:016x}", hasher.finish())
+    format!("{stamp}-{:016x}", crate::backend::random_u64())
 }
 
 /// Creates `<file name>.rescued-<stamp>-<random>.db` in `dir`, mode 0600,
