@@ -1,5 +1,6 @@
 //! What one probe found, for the backends' probes to return.
 
+use super::STUCK_PROBES;
 use crate::backend::Backend;
 use crate::classify::{Code, ErrorClass, classify};
 use crate::live_pool::LivePool;
@@ -33,6 +34,19 @@ pub enum Finding {
 }
 
 impl Finding {
+    /// A check that did not answer, the `in_a_row`th in a row: `warn`, and
+    /// `fail` from the [`STUCK_PROBES`]th (a hung mount, a black-holed
+    /// server: nothing proves the database dead, so nothing is reported).
+    pub(crate) fn silent(in_a_row: u32, detail: Detail) -> Finding {
+        if in_a_row < STUCK_PROBES {
+            return Finding::Transient(detail);
+        }
+        Finding::Dead(Detail {
+            safe: format!("{} ({in_a_row} probes in a row)", detail.safe),
+            full: format!("{} ({in_a_row} probes in a row)", detail.full),
+        })
+    }
+
     /// What a probe's failed read says, for every backend. A fatal error is
     /// handed to the policy (which decides now; nothing waits for the heal).
     pub(crate) fn from_error<DB: Backend>(

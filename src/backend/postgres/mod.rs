@@ -26,7 +26,7 @@ use writable::{ATTEMPT_BOUND, Writability, gated, jitter, wait_for_writable, wri
 use super::Triage;
 use super::sealed::Sealed;
 use crate::classify::{Code, ErrorClass, classify};
-use crate::health::{Detail, Finding, STUCK_PROBES};
+use crate::health::{Detail, Finding};
 use crate::live_pool::{
     Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
     deadline_after,
@@ -308,18 +308,7 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
     let checked = tokio::time::timeout(left, writability(&mut *conn)).await;
     drop(conn);
     let Ok(checked) = checked else {
-        let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        let safe = format!(
-            "the database did not answer within {} ms",
-            bound.as_millis()
-        );
-        if in_a_row < STUCK_PROBES {
-            return (generation, Finding::Transient(Detail::same(safe)));
-        }
-        return (
-            generation,
-            Finding::Dead(Detail::same(format!("{safe} ({in_a_row} probes in a row)"))),
-        );
+        return (generation, silent(stuck, bound));
     };
     stuck.store(0, Ordering::Relaxed);
     match checked {
@@ -348,14 +337,11 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
 /// [`STUCK_PROBES`]th in a row.
 fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
     let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-    let safe = format!(
+    let text = format!(
         "the database did not answer within {} ms",
         bound.as_millis()
     );
-    if in_a_row < STUCK_PROBES {
-        return Finding::Transient(Detail::same(safe));
-    }
-    Finding::Dead(Detail::same(format!("{safe} ({in_a_row} probes in a row)")))
+    Finding::silent(in_a_row, Detail::same(text))
 }
 
 /// The background check: every interval (jittered, so a fleet spreads), the

@@ -7,7 +7,7 @@ use sqlx::Sqlite;
 
 use super::generation::read_page;
 use crate::blocking::{self, Stuck};
-use crate::health::{Detail, Finding, STUCK_PROBES};
+use crate::health::{Detail, Finding};
 use crate::live_pool::{Fault, LivePool};
 
 /// File identity, then a page read, on the generation in service; a fatal
@@ -54,14 +54,7 @@ pub(crate) async fn probe(
                     bound.as_millis()
                 );
                 let full = format!("{safe}: {}", path.display());
-                if in_a_row < STUCK_PROBES {
-                    return (generation, Finding::Transient(Detail { safe, full }));
-                }
-                let detail = Detail {
-                    safe: format!("{safe} ({in_a_row} probes in a row)"),
-                    full: format!("{full} ({in_a_row} probes in a row)"),
-                };
-                return (generation, Finding::Dead(detail));
+                return (generation, Finding::silent(in_a_row, Detail { safe, full }));
             }
         }
     }
