@@ -313,7 +313,7 @@ impl HealthService {
     /// flight warns; `None` while a verified pool is live.
     fn policy_state(&self) -> Option<(HealthStatus, Detail)> {
         match &self.live.status() {
-            PoolStatus::Live { .. } => None,
+            PoolStatus::Live { .. } | PoolStatus::ReadOnly { .. } => None,
             PoolStatus::Healing { fault, .. } => Some((
                 HealthStatus::Warn,
                 Detail {

@@ -284,6 +284,22 @@ pub enum PoolStatus {
         /// What the last attempt found.
         last: String,
     },
+    /// The database in service answers reads but does not take writes, for
+    /// a reason a restart would not change: a Postgres primary made
+    /// read-only in place (`default_transaction_read_only`, a read-only
+    /// database or role), a SQLite file or directory that cannot be written
+    /// (a wrong owner, a read-only mount). Degraded, not dead: the pool is
+    /// kept, reads are served, writes get 503 with `Retry-After`, readiness
+    /// says `read_only` (a 200 `warn`: routing reads away would make the
+    /// outage bigger), and nothing is healed or exited however long it
+    /// lasts. [`Live`](PoolStatus::Live) again once the database takes
+    /// writes.
+    ReadOnly {
+        /// The generation in service.
+        generation: u64,
+        /// What was found, in words (no file path, no server message).
+        reason: String,
+    },
     /// The policy gave up; the exit action has run or is about to.
     GaveUp(GaveUp),
 }

@@ -182,6 +182,57 @@ impl<DB: Sealed> Inner<DB> {
         retiring.push(task);
     }
 
+    /// Marks `generation` read-only in place (degraded, not dead): published
+    /// only over a [`PoolStatus::Live`] of that generation, so a heal or a
+    /// give-up is never hidden. `true` when this entered the state.
+    pub(crate) fn set_read_only(&self, generation: u64, reason: &str) -> bool {
+        let entered = self.status.send_if_modified(|status| match status {
+            PoolStatus::Live { generation: g, .. } if *g == generation => {
+                *status = PoolStatus::ReadOnly {
+                    generation,
+                    reason: reason.to_owned(),
+                };
+                true
+            }
+            PoolStatus::ReadOnly {
+                generation: g,
+                reason: was,
+            } if *g == generation && was != reason => {
+                reason.clone_into(was);
+                true
+            }
+            _ => false,
+        });
+        if entered {
+            tracing::warn!(generation, reason, "the database does not take writes: serving reads, answering writes 503 until it does");
+        }
+        entered
+    }
+
+    /// Leaves the read-only state of `generation`: the database takes
+    /// writes again. `true` when it was read-only.
+    pub(crate) fn clear_read_only(&self, generation: u64) -> bool {
+        let left = self.status.send_if_modified(|status| match status {
+            PoolStatus::ReadOnly { generation: g, .. } if *g == generation => {
+                *status = PoolStatus::Live {
+                    generation,
+                    last_heal: None,
+                };
+                true
+            }
+            _ => false,
+        });
+        if left {
+            tracing::info!(generation, "the database takes writes again");
+        }
+        left
+    }
+
+    /// `true` while `generation` is marked read-only in place.
+    pub(crate) fn is_read_only(&self, generation: u64) -> bool {
+        matches!(&*self.status.borrow(), PoolStatus::ReadOnly { generation: g, .. } if *g == generation)
+    }
+
     /// The policy's entry point for a fatal finding about `generation`.
     ///
     /// The decision (stale, join, start a heal and mark it in flight) is taken
