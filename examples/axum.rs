@@ -18,13 +18,18 @@
 //!   --watchdog-ms MS   how often the file's identity is checked; 0 turns it off (default: 1000)
 //! PostgreSQL only:
 //!   --failover-secs N  how long a failover may take to produce a writable primary
-//!                      behind the URL before the process gives up (default: 60)
+//!                      behind the URL before the process gives up (default: no
+//!                      limit: a restart would wait the same way)
 //! ```
 //!
 //! Routes, the same on both databases: `POST /notes` (the text body becomes a
 //! note; 201 with `{"id":N}`), `GET /notes` (200 with
-//! `[{"id":N,"body":"..."}]`), `GET /health` (`HealthService`: 200
-//! `pass`/`warn` or 503 `fail`, `application/health+json`); with the
+//! `[{"id":N,"body":"..."}]`), `GET /livez` (liveness: 503 only once the
+//! policy has given up, for the liveness probe), `GET /readyz` (readiness:
+//! 503 while a request routed here would fail, for the readiness probe),
+//! `GET /health` (the same answer as `/readyz`, for people and monitors);
+//! each is a `HealthService`, 200 `pass`/`warn` or 503 `fail`,
+//! `application/health+json` whose `state` names the state; with the
 //! `metrics` feature, `GET /metrics`: the crate's metrics in the Prometheus
 //! text format, from `metrics-exporter-prometheus`'s recorder, served by the
 //! same router.
@@ -74,7 +79,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tower_db_liveness::{Backend, DbError, DbLivenessLayer, HealthService, LivePool};
+use tower_db_liveness::{Backend, Check, DbError, DbLivenessLayer, HealthService, LivePool};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -105,13 +110,17 @@ pub fn routes() -> Router<LivePool> {
     Router::new().route("/notes", post(add_note).get(list_notes))
 }
 
-/// The database routes behind the layer, and `/health` beside them (not
+/// The database routes behind the layer, and the probes beside them (not
 /// behind the layer: a health check is never held during a heal). The
 /// same for every database.
 fn with_liveness<DB: Backend>(routes: Router<LivePool<DB>>, live: LivePool<DB>) -> Router {
+    // Clones share one probe in flight.
+    let health = HealthService::new(live.clone());
     routes
         .layer(DbLivenessLayer::new(live.clone()))
-        .route_service("/health", HealthService::new(live.clone()))
+        .route_service("/livez", health.clone().check(Check::Liveness))
+        .route_service("/readyz", health.clone())
+        .route_service("/health", health)
         .with_state(live)
 }
 
@@ -170,22 +179,25 @@ pub mod postgres {
 
     use super::{created, empty_note, notes, with_liveness};
 
-    /// Opens the `LivePool` (it waits up to `failover` for a writable
-    /// primary) and creates the table if it is missing. A reopen after a
-    /// failover needs no table: the new primary is a replica of the old one.
+    /// Opens the `LivePool` (it waits, up to `failover` if given, for a
+    /// writable primary) and creates the table if it is missing. A reopen
+    /// after a failover needs no table: the new primary is a replica of the
+    /// old one.
     pub async fn open(
         options: PgConnectOptions,
-        failover: Duration,
+        failover: Option<Duration>,
         grace: Duration,
     ) -> sqlx::Result<LivePool<Postgres>> {
-        let live = LivePool::postgres(options)
+        let mut builder = LivePool::postgres(options)
             .pool_options(PgPoolOptions::new().max_connections(4))
+            .shutdown_grace(grace);
+        if let Some(failover) = failover {
             // How long a failover may take (the orchestrator promoting a
             // standby and moving the endpoint) before the policy gives up.
-            .reopen_timeout(failover)
-            .shutdown_grace(grace)
-            .open()
-            .await?;
+            // Without it the policy waits: a restart would wait the same way.
+            builder = builder.reopen_timeout(failover);
+        }
+        let live = builder.open().await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)",
         )
@@ -247,7 +259,7 @@ struct Args {
     journal: SqliteJournalMode,
     rescue_dir: Option<PathBuf>,
     watchdog: Option<Duration>,
-    failover: Duration,
+    failover: Option<Duration>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -258,7 +270,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         journal: SqliteJournalMode::Wal,
         rescue_dir: None,
         watchdog: Some(Duration::from_secs(1)),
-        failover: Duration::from_secs(60),
+        failover: None,
     };
     // The flags given that only one database takes, to refuse a mix.
     let (mut file_only, mut postgres_only) = (None, None);
@@ -301,7 +313,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 file_only = Some("--watchdog-ms");
             }
             "--failover-secs" => {
-                parsed.failover = seconds(&arg, &value()?)?;
+                parsed.failover = Some(seconds(&arg, &value()?)?);
                 postgres_only = Some("--failover-secs");
             }
             other => return Err(format!("unknown argument `{other}`")),

@@ -11,8 +11,8 @@
 //! | class | SQLite result codes | sqlx variants |
 //! |---|---|---|
 //! | [`Fatal`](ErrorClass::Fatal) | IOERR (10) and its extended codes except 2826 and 3850; CORRUPT (11) family; NOTADB (26); CANTOPEN (14) family; READONLY_DBMOVED (1032) | `WorkerCrashed` |
-//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13) | `PoolTimedOut`; `PoolClosed` (the pool was closed because a heal replaced it) |
-//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, READONLY (8) and its other sub-codes, ...; any other driver's database error | everything else |
+//! | [`Transient`](ErrorClass::Transient) | BUSY (5) family; LOCKED (6) family; IOERR_BLOCKED (2826); IOERR_LOCK (3850); FULL (13); READONLY (8) family except 1032 (the file or its directory cannot be written: the pool is kept, [read-only in place](crate::PoolStatus::ReadOnly)) | `PoolTimedOut`; `PoolClosed` (the pool was closed because a heal replaced it) |
+//! | [`Other`](ErrorClass::Other) | everything else: constraints, SQLITE_ERROR, ...; any other driver's database error | everything else |
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -70,13 +70,14 @@ const BUSY: i32 = 5;
 const LOCKED: i32 = 6;
 const IOERR: i32 = 10;
 const CORRUPT: i32 = 11;
+const READONLY: i32 = 8;
 const FULL: i32 = 13;
 const CANTOPEN: i32 = 14;
 const NOTADB: i32 = 26;
 // Extended result codes that cross the primary code's verdict.
 const IOERR_BLOCKED: i32 = IOERR | (11 << 8);
 const IOERR_LOCK: i32 = IOERR | (15 << 8);
-const READONLY_DBMOVED: i32 = 8 | (4 << 8);
+const READONLY_DBMOVED: i32 = READONLY | (4 << 8);
 
 /// Classifies a `sqlx::Error`.
 ///
@@ -286,7 +287,9 @@ pub(crate) fn classify_code(code: i32) -> ErrorClass {
         READONLY_DBMOVED => ErrorClass::Fatal,
         _ => match code & 0xff {
             IOERR | CORRUPT | NOTADB | CANTOPEN => ErrorClass::Fatal,
-            BUSY | LOCKED | FULL => ErrorClass::Transient,
+            // READONLY: the file or its directory cannot be written (a wrong
+            // owner, a read-only mount): degraded until it can, not dead.
+            BUSY | LOCKED | FULL | READONLY => ErrorClass::Transient,
             _ => ErrorClass::Other,
         },
     }
@@ -329,12 +332,12 @@ mod tests {
             (262, Transient, "LOCKED_SHAREDCACHE"),
             (518, Transient, "LOCKED_VTAB"),
             (13, Transient, "FULL"),
-            (8, Other, "READONLY"),
-            (264, Other, "READONLY_RECOVERY"),
-            (520, Other, "READONLY_CANTLOCK"),
-            (776, Other, "READONLY_ROLLBACK"),
-            (1288, Other, "READONLY_CANTINIT"),
-            (1544, Other, "READONLY_DIRECTORY"),
+            (8, Transient, "READONLY"),
+            (264, Transient, "READONLY_RECOVERY"),
+            (520, Transient, "READONLY_CANTLOCK"),
+            (776, Transient, "READONLY_ROLLBACK"),
+            (1288, Transient, "READONLY_CANTINIT"),
+            (1544, Transient, "READONLY_DIRECTORY"),
             (1, Other, "ERROR"),
             (19, Other, "CONSTRAINT"),
             (2067, Other, "CONSTRAINT_UNIQUE"),
@@ -355,7 +358,7 @@ mod tests {
             1032 => ErrorClass::Fatal,
             _ => match code & 0xff {
                 10 | 11 | 14 | 26 => ErrorClass::Fatal,
-                5 | 6 | 13 => ErrorClass::Transient,
+                5 | 6 | 8 | 13 => ErrorClass::Transient,
                 _ => ErrorClass::Other,
             },
         }

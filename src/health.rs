@@ -3,7 +3,7 @@
 //! ```no_run
 //! use axum::Router;
 //! use sqlx::sqlite::SqliteConnectOptions;
-//! use tower_db_liveness::{HealthService, LivePool};
+//! use tower_db_liveness::{Check, HealthService, LivePool};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,7 +14,11 @@
 //! )
 //! .await?;
 //!
-//! let app: Router = Router::new().route_service("/health", HealthService::new(live.clone()));
+//! let health = HealthService::new(live.clone()); // readiness; clones share one probe
+//! let app: Router = Router::new()
+//!     .route_service("/livez", health.clone().check(Check::Liveness))
+//!     .route_service("/readyz", health.clone())
+//!     .route_service("/health", health);
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(())
@@ -27,7 +31,8 @@
 //!
 //! # The probe
 //!
-//! Each answer comes from a probe of the database that is in service now:
+//! Each readiness answer comes from a probe of the database that is in
+//! service now (a liveness answer never probes):
 //!
 //! 1. the database file's identity (device and inode) is compared with what
 //!    its path leads to: a WAL pool whose directory was deleted reports no
@@ -51,24 +56,48 @@
 //! the pool once or gives up and exits. The answer does not wait for that
 //! heal.
 //!
+//! # Two verdicts
+//!
+//! A supervisor asks two different questions, and a wrong answer to either
+//! makes an outage bigger than the fault:
+//!
+//! - **liveness** ([`Check::Liveness`], `/livez`): would restarting the
+//!   process help, and lose nothing? It reads only the policy's state, never
+//!   the database, and fails only once the policy has given up (and its exit
+//!   has not happened yet). It never fails while the crate heals, waits for a
+//!   Postgres primary (a restarted process would wait the same way, and a
+//!   whole fleet killed at once would start empty-handed), retries the rescue
+//!   of a dead SQLite file (the dead handle holds the only copy of the data),
+//!   runs read-only in place, or cannot reach the database;
+//! - **readiness** ([`Check::Readiness`], the default; `/readyz` and
+//!   `/health`): would a request routed here fail now, for a reason the crate
+//!   knows? It probes the database.
+//!
 //! # States
 //!
-//! | status | when | HTTP |
-//! |---|---|---|
-//! | `pass` | the file is in place and the read succeeded | 200 |
-//! | `warn` | a heal is in flight; or a transient failure: a lock held elsewhere (SQLite BUSY), an exhausted pool, CANTOPEN while the file is in place (a descriptor shortage), no answer within the timeout; or the file identity check did not answer within half the timeout (a hung mount), for the first two probes in a row | 200 |
-//! | `fail` | the probe found the database dead (file deleted, moved or replaced, its `-wal`/`-shm` gone; a fatal error from the read; any other error from reading the schema; the pool in service closed); or a heal is held up because the rescue of the dead file's data keeps failing (a full disk); or the file identity check did not answer for the third probe in a row and every one after; or the policy gave up | 503 |
+//! Every state the crate can be in, with both verdicts (`warn` is a 200,
+//! `fail` a 503) and what requests get; the body's `state` names it:
+//!
+//! | `state` | when | liveness | readiness | a write gets | a read gets |
+//! |---|---|---|---|---|---|
+//! | `healthy` | a verified pool in service; the probe read the database | `pass` | `pass` | served | served |
+//! | `transient` | a lock held elsewhere (SQLite BUSY), an exhausted pool, a probe with no answer within the timeout, CANTOPEN with the file in place (a descriptor shortage) | `pass` | `warn` | 503 + `Retry-After` if it fails | 503 + `Retry-After` if it fails |
+//! | `healing` | a fatal finding; the pool is being reopened (milliseconds on SQLite) | `warn` | `warn` | held by the layer, then served by the new pool | held, then served |
+//! | `awaiting_primary` | Postgres: the heal waits for a server that takes writes (a failover in progress) | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
+//! | `rescue_pending` | SQLite: the dead file's data is not saved yet, the rescue keeps failing (a full disk); the dead handle is kept | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
+//! | `read_only` | read-only in place: a Postgres primary with `default_transaction_read_only`, a read-only role or database; a SQLite file or directory that cannot be written ([`PoolStatus::ReadOnly`](crate::PoolStatus::ReadOnly)) | `warn` | `warn` (routing reads away would make the outage bigger) | 503 + `Retry-After` | served |
+//! | `not_answering` | the probe's check did not answer within half the timeout: a hung mount, a black-holed server | `pass` | `warn`, `fail` from the third probe in a row | waits, then fails | waits, then fails |
+//! | `unavailable` | the probe found the database dead or unreadable (its fatal findings start a heal), or the pool in service is closed | `pass` | `fail` | fails | fails |
+//! | `gave_up` | the policy gave up; the process is exiting | `fail` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
+//!
+//! The request that discovers a dead database answers `unavailable` even
+//! though its report starts a heal: the database it probed is dead.
+//! Requests that arrive while the heal runs answer `healing`, and `healthy`
+//! once the new pool is in service. [`always_ok`](HealthService::always_ok)
+//! answers 200 in every state, for monitors that read the body.
 //!
 //! A hung file identity check is not reported to the policy: a hung mount
-//! is not a proven dead file, and a reopen would hang on it too. The `fail`
-//! lets the supervisor restart the process; the first answer whose check
-//! completes resets the count.
-//!
-//! The request that discovers a dead database answers `fail` even though its
-//! report starts a heal: the database it probed is dead. Requests that
-//! arrive while the heal runs answer `warn`, and `pass` once the new pool is
-//! in service. [`always_ok`](HealthService::always_ok) answers 200 in every
-//! state, for monitors that read the body.
+//! is not a proven dead file, and a reopen would hang on it too.
 //!
 //! # Body
 //!
@@ -79,6 +108,7 @@
 //! ```json
 //! {
 //!   "status": "warn",
+//!   "state": "transient",
 //!   "checks": {
 //!     "sqlite:responseTime": [{
 //!       "componentType": "datastore",
@@ -94,13 +124,15 @@
 //! }
 //! ```
 //!
-//! - `status`: `pass`, `warn` or `fail`, the same at the top and in the check;
+//! - `status`: `pass`, `warn` or `fail` for the service's own [`Check`], the
+//!   same at the top and in the check;
+//! - `state` (extension): the [state](#states) the answer was decided in;
 //! - `observedValue` / `observedUnit`: how long the probe took, in
 //!   milliseconds (how long it had been running, when the answer timed
-//!   out). Absent when no probe ran: during a heal and after a give-up the
+//!   out). Absent when no probe ran: for liveness, during a heal and after a give-up the
 //!   answer comes from the policy's state;
 //! - `time`: when the observation was made, RFC 3339 in UTC;
-//! - `output`: absent for `pass`; otherwise a short text that holds no file
+//! - `output`: the reason: absent for `pass`; otherwise a short text that holds no file
 //!   path and no SQLite message (`database file deleted`,
 //!   `transient database error (SQLite code 5)`, ...). With
 //!   [`verbose`](HealthService::verbose) it holds the full text, paths and
@@ -118,38 +150,50 @@
 //!
 //! # Kubernetes
 //!
-//! Point the liveness probe at the health route. When the policy gives up it
-//! exits the process (status 1 by default) and the kubelet restarts the
-//! container; the probe restarts a pod whose process is still running but
-//! whose database stays dead. `failureThreshold` keeps a single `fail` (the
-//! request that discovers a fault and starts the heal) from restarting a
-//! pod that heals itself.
+//! Point the liveness probe at a liveness service and the readiness probe at
+//! a readiness service; the crate exits by itself when the database is dead
+//! for good (status 1 by default), and the kubelet restarts the container.
 //!
 //! ```yaml
 //! containers:
 //!   - name: app
-//!     image: registry.example.com/app:1.4.2
-//!     volumeMounts:
-//!       - { name: data, mountPath: /var/lib/app }
-//!     livenessProbe:
-//!       httpGet: { path: /health, port: 8080 }
+//!     livenessProbe:             # restart only when a restart helps
+//!       httpGet: { path: /livez, port: 8080 }
 //!       periodSeconds: 10
-//!       timeoutSeconds: 1      # the probe answers within its 500 ms timeout
+//!       timeoutSeconds: 1
 //!       failureThreshold: 3
+//!     readinessProbe:            # route requests elsewhere while they would fail
+//!       httpGet: { path: /readyz, port: 8080 }
+//!       periodSeconds: 5
+//!       timeoutSeconds: 1        # the probe answers within its 500 ms timeout
+//!       failureThreshold: 1
 //! ```
 //!
-//! A `warn` is a 200, so a lock held by another process never restarts the
-//! pod. For gRPC services see [`grpc`](crate::health::grpc) (feature
-//! `tonic`): Kubernetes' native `grpc:` probe reads the same state.
+//! ```no_run
+//! # use tower_db_liveness::{Check, HealthService, LivePool};
+//! # async fn run(live: LivePool) {
+//! let health = HealthService::new(live.clone()); // clones share the probe in flight
+//! let app: axum::Router = axum::Router::new()
+//!     .route_service("/livez", health.clone().check(Check::Liveness))
+//!     .route_service("/readyz", health.clone())
+//!     .route_service("/health", health);
+//! # }
+//! ```
+//!
+//! A liveness probe at `/health` (readiness) would restart every replica
+//! during a Postgres failover longer than its threshold, and kill the dead
+//! handle that holds a pending rescue's data. For gRPC services see
+//! [`grpc`](crate::health::grpc) (feature `tonic`): Kubernetes' native
+//! `grpc:` probe asks for the `liveness` and `readiness` services.
 //!
 //! # systemd
 //!
 //! `Restart=on-failure` restarts the service after the policy exits with
 //! status 1. With the `systemd` feature,
-//! [`systemd::spawn_watchdog`](crate::systemd::spawn_watchdog) sends
-//! `WATCHDOG=1` every half `WatchdogSec=` while the probe does not fail, so
-//! systemd also restarts a process whose database stays dead without the
-//! policy exiting, or whose runtime is wedged.
+//! [`systemd::spawn_watchdog`](crate::systemd::spawn_watchdog) runs the
+//! readiness probe (it finds a dead database) and sends `WATCHDOG=1` while
+//! the liveness verdict is not `fail`, so systemd also restarts a process
+//! whose exit did not happen, or whose runtime is wedged.
 //!
 //! ```ini
 //! [Service]
@@ -229,9 +273,28 @@ pub struct HealthService {
 
 #[derive(Debug, Clone, Copy)]
 struct Config {
+    check: Check,
     timeout: Duration,
     always_ok: bool,
     verbose: bool,
+}
+
+/// The question a [`HealthService`] answers; see [the state
+/// table](self#states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Check {
+    /// Would a request routed here fail now, for a reason the crate knows?
+    /// Probes the database (single flight, bounded). For a readiness probe
+    /// (`/readyz`) and for `/health`. The default.
+    #[default]
+    Readiness,
+    /// Would restarting the process help, and lose nothing? Reads only the
+    /// policy's state, never the database: `fail` only once the policy has
+    /// given up (and its exit has not happened yet). Never `fail` while the
+    /// crate heals, waits for a primary, retries a rescue or runs degraded.
+    /// For a liveness probe (`/livez`) and the systemd watchdog.
+    Liveness,
 }
 
 impl HealthService {
@@ -240,12 +303,22 @@ impl HealthService {
         HealthService {
             live: live.erase(),
             config: Config {
+                check: Check::Readiness,
                 timeout: DEFAULT_TIMEOUT,
                 always_ok: false,
                 verbose: false,
             },
             flight: Arc::new(Flight::default()),
         }
+    }
+
+    /// Which question this service answers. Default:
+    /// [`Check::Readiness`]. Clones share the probe in flight, so
+    /// `health.clone().check(Check::Liveness)` mounted at `/livez` next to
+    /// `health` at `/readyz` costs nothing extra.
+    pub fn check(mut self, check: Check) -> Self {
+        self.config.check = check;
+        self
     }
 
     /// The longest a request waits for the probe; past it the answer is
@@ -269,11 +342,17 @@ impl HealthService {
         self
     }
 
-    /// Probes (or joins the probe in flight) and decides the state, within
-    /// the timeout.
-    pub(crate) async fn check(&self) -> Report {
-        if let Some((status, detail)) = self.policy_state() {
-            return self.report(status, None, now_utc(), Some(detail));
+    /// Decides the answer: from the policy's state alone for liveness (and
+    /// for readiness when the policy's state decides it), else from a probe
+    /// (or the probe in flight), within the timeout.
+    pub(crate) async fn answer(&self) -> Report {
+        let policy = self.policy_view();
+        if self.config.check == Check::Liveness || policy.decides_readiness() {
+            let status = match self.config.check {
+                Check::Liveness => policy.state.liveness(),
+                Check::Readiness => policy.state.readiness(),
+            };
+            return self.report(status, policy.state, None, now_utc(), policy.detail);
         }
         let limit = self.config.timeout.max(FLIGHT_LIMIT);
         // Half the answer's timeout: a stuck check still leaves time to answer.
@@ -309,18 +388,31 @@ impl HealthService {
         self.decide(probed)
     }
 
-    /// What the policy's state alone says: a give-up fails, a heal in
-    /// flight warns; `None` while a verified pool is live.
-    fn policy_state(&self) -> Option<(HealthStatus, Detail)> {
-        match &self.live.status() {
-            PoolStatus::Live { .. } | PoolStatus::ReadOnly { .. } => None,
-            PoolStatus::Healing { fault, .. } => Some((
-                HealthStatus::Warn,
-                Detail {
+    /// The readiness answer (probing), whatever this service's own
+    /// [`Check`]: the gRPC bridge and the systemd watchdog read both
+    /// verdicts from it.
+    #[cfg_attr(not(any(feature = "tonic", feature = "systemd")), allow(dead_code))]
+    pub(crate) async fn probe_readiness(&self) -> Report {
+        let mut readiness = self.clone();
+        readiness.config.check = Check::Readiness;
+        readiness.answer().await
+    }
+
+    /// What the policy's state alone says.
+    fn policy_view(&self) -> PolicyView {
+        let (state, detail) = match &self.live.status() {
+            PoolStatus::Live { .. } => (State::Healthy, None),
+            PoolStatus::ReadOnly { reason, .. } => (
+                State::ReadOnly,
+                Some(Detail::same(format!("read-only: {reason}"))),
+            ),
+            PoolStatus::Healing { fault, .. } => (
+                State::Healing,
+                Some(Detail {
                     safe: format!("reopening the database after: {}", safe_fault(fault)),
                     full: format!("reopening the database after: {fault}"),
-                },
-            )),
+                }),
+            ),
             PoolStatus::RescueFailing {
                 fault,
                 attempts,
@@ -335,16 +427,16 @@ impl HealthService {
                 let text = |fault: String| {
                     format!(
                         "the dead database's data is not saved yet: {attempts} rescue attempts failed{why}; \
-                         retrying (after: {fault})"
+                         retrying (after: {fault}); a restart would lose it"
                     )
                 };
-                Some((
-                    HealthStatus::Fail,
-                    Detail {
+                (
+                    State::RescuePending,
+                    Some(Detail {
                         safe: text(safe_fault(fault)),
                         full: text(fault.to_string()),
-                    },
-                ))
+                    }),
+                )
             }
             PoolStatus::AwaitingPrimary {
                 fault,
@@ -359,17 +451,17 @@ impl HealthService {
                          waiting for the failover (after: {fault})"
                     )
                 };
-                Some((
-                    HealthStatus::Fail,
-                    Detail {
+                (
+                    State::AwaitingPrimary,
+                    Some(Detail {
                         safe: text(safe_fault(fault), None),
                         full: text(fault.to_string(), Some(last)),
-                    },
-                ))
+                    }),
+                )
             }
-            PoolStatus::GaveUp(gave_up) => Some((
-                HealthStatus::Fail,
-                Detail {
+            PoolStatus::GaveUp(gave_up) => (
+                State::GaveUp,
+                Some(Detail {
                     safe: format!(
                         "gave up ({}) after: {}; the process is exiting",
                         safe_reason(&gave_up.reason),
@@ -379,14 +471,16 @@ impl HealthService {
                         "gave up ({}) after: {}; the process is exiting",
                         gave_up.reason, gave_up.fault
                     ),
-                },
-            )),
-        }
+                }),
+            ),
+        };
+        PolicyView { state, detail }
     }
 
-    /// Combines the probe's finding with the policy's state now. A give-up
-    /// wins; then the probe's own fatal finding (it saw the dead database);
-    /// then a heal in flight.
+    /// Combines the probe's finding with the policy's state now. A
+    /// readiness `fail` of the policy wins (gave up, rescue pending,
+    /// waiting for a primary); then the probe's own dead finding (it saw the
+    /// dead database); then a heal in flight; then what the probe found.
     fn decide(&self, probed: Probed) -> Report {
         let Probed {
             generation,
@@ -394,38 +488,69 @@ impl HealthService {
             latency,
             at,
         } = probed;
+        // The pool probed was replaced meanwhile, by a heal that verified
+        // its successor by reading the same page.
         let stale = generation < self.live.generation();
-        let (status, detail) = match (self.policy_state(), finding) {
-            (Some((HealthStatus::Fail, detail)), _) => (HealthStatus::Fail, Some(detail)),
-            (_, Finding::Dead(detail)) if !stale => (HealthStatus::Fail, Some(detail)),
-            (Some((status, detail)), _) => (status, Some(detail)),
-            // The pool probed was replaced meanwhile, by a heal that verified
-            // its successor by reading the same page.
-            (None, _) if stale => (HealthStatus::Pass, None),
-            (None, Finding::Pass) => (HealthStatus::Pass, None),
-            (None, Finding::Transient(detail)) => (HealthStatus::Warn, Some(detail)),
-            (None, Finding::Dead(detail)) => (HealthStatus::Fail, Some(detail)),
+        let policy = self.policy_view();
+        let (state, status, detail) = match finding {
+            _ if policy.state.readiness() == HealthStatus::Fail => {
+                (policy.state, policy.state.readiness(), policy.detail)
+            }
+            Finding::Dead(detail) if !stale => {
+                (State::Unavailable, HealthStatus::Fail, Some(detail))
+            }
+            _ if policy.state == State::Healing => {
+                (State::Healing, HealthStatus::Warn, policy.detail)
+            }
+            _ if stale => (policy.state, policy.state.readiness(), policy.detail),
+            Finding::Pass | Finding::Dead(_) => {
+                (policy.state, policy.state.readiness(), policy.detail)
+            }
+            Finding::Transient(detail) => (State::Transient, HealthStatus::Warn, Some(detail)),
+            Finding::Silent(in_a_row, detail) => {
+                let status = if in_a_row < STUCK_PROBES {
+                    HealthStatus::Warn
+                } else {
+                    HealthStatus::Fail
+                };
+                (State::NotAnswering, status, Some(detail))
+            }
         };
-        self.report(status, Some(latency), at, detail)
+        self.report(status, state, Some(latency), at, detail)
     }
 
     fn report(
         &self,
         status: HealthStatus,
+        state: State,
         observed: Option<Duration>,
         time: OffsetDateTime,
         detail: Option<Detail>,
     ) -> Report {
-        // Every answer is decided here, the policy's own and the probe's.
-        crate::metrics::probe_answered(status);
+        // Every readiness answer is decided here, the policy's own and the probe's.
+        if self.config.check == Check::Readiness {
+            crate::metrics::probe_answered(status);
+        }
         Report {
             status,
+            state,
+            liveness: self.live_status_for(state),
             observed,
             time,
             output: detail.map(|d| if self.config.verbose { d.full } else { d.safe }),
             generation: self.live.generation(),
             heals: self.live.recent_heals(),
             check_key: self.live.check_key(),
+        }
+    }
+
+    /// The liveness verdict that goes with an answer in `state`: the
+    /// policy's, since a liveness check never reads the database.
+    fn live_status_for(&self, state: State) -> HealthStatus {
+        match state {
+            // Found by the probe, under a policy that is live.
+            State::Transient | State::NotAnswering | State::Unavailable => HealthStatus::Pass,
+            _ => state.liveness(),
         }
     }
 
@@ -449,6 +574,7 @@ impl fmt::Debug for HealthService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HealthService")
             .field("live", &self.live)
+            .field("check", &self.config.check)
             .field("timeout", &self.config.timeout)
             .field("always_ok", &self.config.always_ok)
             .field("verbose", &self.config.verbose)
@@ -497,7 +623,7 @@ impl<B> Service<Request<B>> for HealthService {
         let this = self.clone();
         ResponseFuture {
             kind: Kind::Check(Box::pin(async move {
-                let report = this.check().await;
+                let report = this.answer().await;
                 report.into_response(this.config.always_ok, head)
             })),
         }
@@ -560,10 +686,113 @@ impl HealthStatus {
     }
 }
 
+/// Where the crate stands, as the health body's `state` names it; every
+/// state has a liveness and a readiness verdict (the [state
+/// table](self#states)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// A verified pool is in service (and, for readiness, the probe passed).
+    Healthy,
+    /// A lock held elsewhere, an exhausted pool, a full disk, a probe that
+    /// did not answer within its timeout.
+    Transient,
+    /// A heal is in flight: requests are held by the layer, then served.
+    Healing,
+    /// Postgres: the heal waits for a server that takes writes.
+    AwaitingPrimary,
+    /// SQLite: the dead handle holds data whose rescue keeps failing.
+    RescuePending,
+    /// The database answers reads but refuses writes, in place.
+    ReadOnly,
+    /// The probe's check did not answer (a hung mount, a black-holed server).
+    NotAnswering,
+    /// The probe found the database dead or unreadable, or the pool in
+    /// service closed.
+    Unavailable,
+    /// The policy gave up; the process is exiting.
+    GaveUp,
+}
+
+impl State {
+    /// The state the policy's status alone stands for.
+    pub(crate) fn of(status: &PoolStatus) -> State {
+        match status {
+            PoolStatus::Live { .. } => State::Healthy,
+            PoolStatus::ReadOnly { .. } => State::ReadOnly,
+            PoolStatus::Healing { .. } => State::Healing,
+            PoolStatus::RescueFailing { .. } => State::RescuePending,
+            PoolStatus::AwaitingPrimary { .. } => State::AwaitingPrimary,
+            PoolStatus::GaveUp(_) => State::GaveUp,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Transient => "transient",
+            State::Healing => "healing",
+            State::AwaitingPrimary => "awaiting_primary",
+            State::RescuePending => "rescue_pending",
+            State::ReadOnly => "read_only",
+            State::NotAnswering => "not_answering",
+            State::Unavailable => "unavailable",
+            State::GaveUp => "gave_up",
+        }
+    }
+
+    /// Would a restart help and lose nothing? Only after a give-up. The
+    /// states in which the crate works on its own (or data would be lost)
+    /// `warn`, which is a 200.
+    pub(crate) fn liveness(self) -> HealthStatus {
+        match self {
+            State::GaveUp => HealthStatus::Fail,
+            State::Healing | State::AwaitingPrimary | State::RescuePending | State::ReadOnly => {
+                HealthStatus::Warn
+            }
+            State::Healthy | State::Transient | State::NotAnswering | State::Unavailable => {
+                HealthStatus::Pass
+            }
+        }
+    }
+
+    /// Would a request routed here fail now? (`NotAnswering` is `fail` only
+    /// from the third probe in a row: decided where the count is known.)
+    pub(crate) fn readiness(self) -> HealthStatus {
+        match self {
+            State::Healthy => HealthStatus::Pass,
+            State::Transient | State::Healing | State::ReadOnly | State::NotAnswering => {
+                HealthStatus::Warn
+            }
+            State::AwaitingPrimary | State::RescuePending | State::Unavailable | State::GaveUp => {
+                HealthStatus::Fail
+            }
+        }
+    }
+}
+
+/// The policy's state, before any probe.
+struct PolicyView {
+    state: State,
+    detail: Option<Detail>,
+}
+
+impl PolicyView {
+    /// `true` when readiness needs no probe: the policy's own state already
+    /// says `fail` (gave up, rescue pending, waiting for a primary) or a
+    /// heal is in flight (the pool in service is being replaced).
+    fn decides_readiness(&self) -> bool {
+        self.state == State::Healing || self.state.readiness() == HealthStatus::Fail
+    }
+}
+
 /// One decided answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
+    /// The verdict of the service's own [`Check`].
     pub(crate) status: HealthStatus,
+    pub(crate) state: State,
+    /// The liveness verdict that goes with this answer.
+    pub(crate) liveness: HealthStatus,
     observed: Option<Duration>,
     time: OffsetDateTime,
     /// Already chosen between the safe and the full text.
@@ -594,6 +823,7 @@ impl Report {
         }
         json!({
             "status": self.status.as_str(),
+            "state": self.state.as_str(),
             "checks": { self.check_key: [check] },
             "generation": self.generation,
             "heals": self.heals,

@@ -362,7 +362,7 @@ pub use classify::{ErrorClass, classify, classify_chain};
 #[cfg(feature = "tonic")]
 pub use error::status_from_sqlx;
 pub use error::{DbError, ErrorMark, mark_response};
-pub use health::HealthService;
+pub use health::{Check, HealthService};
 pub use layer::{
     BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
 };

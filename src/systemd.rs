@@ -21,16 +21,19 @@
 //! With `WatchdogSec=` set, systemd passes `WATCHDOG_USEC` (and
 //! `NOTIFY_SOCKET`) to the service and restarts it (with `Restart=` set)
 //! when no `WATCHDOG=1` arrives within that time. The task runs the
-//! [`HealthService`] probe every half `WATCHDOG_USEC` and sends
-//! `WATCHDOG=1` after every probe that does not **fail**:
+//! [`HealthService`]'s readiness probe every half `WATCHDOG_USEC` (it finds
+//! a dead database and starts the heal, as `/readyz` does) and sends
+//! `WATCHDOG=1` after every probe whose **liveness** verdict is not `fail`
+//! (the [state table](crate::health#states)):
 //!
-//! - `pass`: fed;
-//! - `warn` (a heal in flight, a lock held by another process, a probe
-//!   that did not answer within its timeout): fed. The database is not
-//!   dead, and a restart would not release another process's lock;
-//! - `fail` (the probe found the database dead; the policy gave up):
-//!   not fed, so a process whose database stays dead is restarted even if
-//!   it does not exit, and so is a process whose runtime is wedged.
+//! - fed while the database is healthy, while a heal runs, while a Postgres
+//!   heal waits for a primary, while a rescue of a dead SQLite file keeps
+//!   failing (the dead handle holds the only copy: a restart would lose
+//!   it), while the database is read-only in place or does not answer: a
+//!   restart would not help with any of these;
+//! - not fed once the policy has given up, so a process whose exit did not
+//!   happen (a custom `on_give_up`, a wedged shutdown) is restarted, and so
+//!   is a process whose runtime is wedged (no probe, no ping).
 //!
 //! On each change of state (or of its text) it also sends `STATUS=` with
 //! the probe's short, path-free text, which `systemctl status` shows.
@@ -76,7 +79,9 @@ async fn run(health: WeakHealth, every: Duration) {
             return;
         };
         // Never the verbose text: `systemctl status` is readable by every user.
-        let report = service.verbose(false).check().await;
+        // The readiness probe: it also finds a dead database and starts the
+        // heal; the watchdog itself follows the liveness verdict.
+        let report = service.verbose(false).probe_readiness().await;
         let state = (report.status, report.output.clone());
         let status_line = (last.as_ref() != Some(&state)).then(|| {
             let mut line = format!("database {}", report.status.as_str());
@@ -92,7 +97,7 @@ async fn run(health: WeakHealth, every: Duration) {
         if let Some(line) = &status_line {
             states.push(NotifyState::Status(line));
         }
-        if report.status != HealthStatus::Fail {
+        if report.liveness != HealthStatus::Fail {
             states.push(NotifyState::Watchdog);
         }
         if states.is_empty() {

@@ -166,8 +166,10 @@ async fn constraint_and_sql_errors_are_other() -> TestResult {
     Ok(())
 }
 
+/// A file that cannot be written is degraded, not dead, and not a bug:
+/// transient (503 + Retry-After), the pool kept.
 #[tokio::test]
-async fn readonly_8_is_other() -> TestResult {
+async fn readonly_8_is_transient() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
     let pool = SqlitePool::connect_with(db.options()).await?;
     create_table(&pool).await?;
@@ -179,7 +181,7 @@ async fn readonly_8_is_other() -> TestResult {
     .await?;
     let err = expect_err(insert(&ro, "nope").await)?;
     assert_eq!(code(&err).as_deref(), Some("8"), "{err}");
-    assert_eq!(classify(&err), ErrorClass::Other);
+    assert_eq!(classify(&err), ErrorClass::Transient);
     Ok(())
 }
 

@@ -17,10 +17,47 @@ use http::{Method, StatusCode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tower_db_liveness::{GiveUpReason, HealthService, LivePool, PoolStatus};
+use tower_db_liveness::{Check, GiveUpReason, HealthService, LivePool, PoolStatus};
 
+/// `/health` and `/readyz` (readiness) and `/livez` (liveness), as the
+/// docs recommend: clones of one service.
 fn app(health: HealthService) -> Router {
-    Router::new().route_service("/health", health)
+    Router::new()
+        .route_service("/livez", health.clone().check(Check::Liveness))
+        .route_service("/readyz", health.clone())
+        .route_service("/health", health)
+}
+
+/// Asks `/livez` and `/readyz` and checks both against the state table:
+/// the HTTP status, the body's `status` and `state` of each. Liveness reads
+/// only the policy's state, so a state only a probe finds (`transient`)
+/// is `healthy` there.
+async fn verdicts(
+    addr: std::net::SocketAddr,
+    state: &str,
+    (live_status, live_body): (StatusCode, &str),
+    (ready_status, ready_body): (StatusCode, &str),
+) -> TestResult {
+    let policy_state = match state {
+        "transient" | "not_answering" | "unavailable" => "healthy",
+        other => other,
+    };
+    for (path, status, body_status, state) in [
+        ("/livez", live_status, live_body, policy_state),
+        ("/readyz", ready_status, ready_body, state),
+    ] {
+        let answer = fetch(addr, Method::GET, path).await?;
+        show(&format!("{state} {path}"), answer.status, &answer.body);
+        let body = answer.json()?;
+        assert_eq!(answer.status, status, "{path} in {state}: {body}");
+        assert_eq!(
+            check_shape(&body)?,
+            body_status,
+            "{path} in {state}: {body}"
+        );
+        assert_eq!(body["state"], state, "{path}: {body}");
+    }
+    Ok(())
 }
 
 fn no_path(body: &[u8], db: &TestDb) -> Result<(), String> {
@@ -50,6 +87,13 @@ async fn healthy_answers_200_pass_and_head_the_same_headers() -> TestResult {
     assert_eq!(body["generation"], 0);
     assert_eq!(body["heals"], 0);
     no_path(&get.body, &db)?;
+    verdicts(
+        server.addr,
+        "healthy",
+        (StatusCode::OK, "pass"),
+        (StatusCode::OK, "pass"),
+    )
+    .await?;
 
     let head = fetch(server.addr, Method::HEAD, "/health").await?;
     show("healthy HEAD", head.status, &head.body);
@@ -155,6 +199,13 @@ async fn an_exclusive_lock_held_by_another_process_answers_warn() -> TestResult 
         show("locked by another process", status, &body);
         no_path(&body, &db)?;
     }
+    verdicts(
+        server.addr,
+        "transient",
+        (StatusCode::OK, "pass"),
+        (StatusCode::OK, "warn"),
+    )
+    .await?;
     // One probe for all fifty: one connection is waiting for the lock, the
     // others are idle.
     let pool = live.pool();
@@ -239,6 +290,14 @@ async fn a_deleted_directory_under_wal_fails_and_reaches_the_policy() -> TestRes
         .ok_or("no output")?;
     assert!(output.starts_with("gave up (reopen failed)"), "{output}");
     no_path(&after.body, &db)?;
+    // The only state in which a restart helps: liveness fails too.
+    verdicts(
+        server.addr,
+        "gave_up",
+        (StatusCode::SERVICE_UNAVAILABLE, "fail"),
+        (StatusCode::SERVICE_UNAVAILABLE, "fail"),
+    )
+    .await?;
 
     let always_ok = fetch(server.addr, Method::GET, "/health-200").await?;
     show(
@@ -292,6 +351,13 @@ async fn a_heal_in_flight_answers_warn_then_pass() -> TestResult {
         "reopening the database after: database file deleted"
     );
     no_path(&healing.body, &db)?;
+    verdicts(
+        server.addr,
+        "healing",
+        (StatusCode::OK, "warn"),
+        (StatusCode::OK, "warn"),
+    )
+    .await?;
 
     gate.open.notify_one();
     within("the heal", live.healed()).await?;
@@ -528,10 +594,15 @@ async fn an_unreadable_schema_fails_with_an_error_of_class_other() -> TestResult
     patch_file(&db.path, 40, &cookie.to_be_bytes())?;
     patch_file(&db.path, 44, &5u32.to_be_bytes())?;
 
-    let (status, body) = oneshot_get(health).await?;
+    let (status, body) = oneshot_get(health.clone()).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(check_shape(&body)?, "fail");
+    assert_eq!(body["state"], "unavailable");
     assert_eq!(*output(&body), "other database error (SQLite code 1)");
+    // Nothing a restart is known to fix: liveness passes.
+    let (status, body) = oneshot_get(health.check(Check::Liveness)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(check_shape(&body)?, "pass");
     assert!(!live.is_healing());
     assert_eq!(reopens.load(Ordering::SeqCst), 0);
     assert_eq!(exits.count_now(), 0);

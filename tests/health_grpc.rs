@@ -69,6 +69,19 @@ async fn check(client: &mut HealthClient<Channel>) -> Result<ServingStatus, BoxE
     Ok(response.status())
 }
 
+async fn check_named(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+) -> Result<ServingStatus, BoxError> {
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = within("a Check answer", client.check(request))
+        .await??
+        .into_inner();
+    Ok(response.status())
+}
+
 /// Reads the Watch stream until it reports `want`, for at most 30 s.
 async fn next_status(
     stream: &mut tonic::Streaming<HealthCheckResponse>,
@@ -103,17 +116,39 @@ async fn check_and_watch_see_the_database_die_and_heal() -> TestResult {
     next_status(&mut watch, ServingStatus::Serving).await?;
     assert_eq!(check(&mut client).await?, ServingStatus::Serving);
 
-    // No request fails: the file is simply gone under the WAL pool.
+    assert_eq!(
+        check_named(&mut client, "liveness").await?,
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        check_named(&mut client, "readiness").await?,
+        ServingStatus::Serving
+    );
+
+    // No request fails: the file is simply gone under the WAL pool. The
+    // probe that finds it fails readiness.
     db.replace_file().await?; // a restore: the same application's database
     next_status(&mut watch, ServingStatus::NotServing).await?;
-    // The probe's finding reached the policy; the real reopen is held.
+    // The probe's finding reached the policy; the real reopen is held. A
+    // heal in flight is readiness `warn` (requests are held by the layer,
+    // then served by the new pool): SERVING again, and liveness never
+    // left SERVING.
     assert!(live.is_healing());
-    assert_eq!(check(&mut client).await?, ServingStatus::NotServing);
+    next_status(&mut watch, ServingStatus::Serving).await?;
+    assert!(live.is_healing());
+    assert_eq!(
+        check_named(&mut client, "liveness").await?,
+        ServingStatus::Serving
+    );
 
     gate.open.notify_one();
-    next_status(&mut watch, ServingStatus::Serving).await?;
+    within("the heal", live.healed()).await?;
     assert_eq!(live.generation(), 1);
     assert_eq!(check(&mut client).await?, ServingStatus::Serving);
+    assert_eq!(
+        check_named(&mut client, "readiness").await?,
+        ServingStatus::Serving
+    );
     assert_eq!(exits.count_now(), 0);
 
     // The bridge ends with the LivePool.

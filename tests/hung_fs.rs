@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tower_db_liveness::{HealthService, LivePool};
+use tower_db_liveness::{Check, HealthService, LivePool};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -72,8 +72,14 @@ async fn hung_stat(flavor: &str) -> TestResult {
     }
     let during = threads(pid)?;
 
+    // A hung mount is nothing a restart fixes (it would hang in open):
+    // liveness stays 200 while readiness fails.
+    let livez = server.get("/livez").await?;
+    assert_eq!(livez.code, 200, "/livez while a stat hangs: {livez:?}");
+
     let stuck = "the file identity check did not answer within";
     for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.state, "not_answering", "probe {n}: {answer:?}");
         let expected = if n < 2 { (200, "warn") } else { (503, "fail") };
         assert_eq!(
             (answer.code, answer.status.as_str()),
@@ -153,7 +159,10 @@ fn child_server() -> TestResult {
         #[cfg(feature = "fs-watch")]
         let builder = builder.fs_watch(false);
         let live = builder.open().await?;
-        let app = axum::Router::new().route_service("/health", HealthService::new(live));
+        let health = HealthService::new(live);
+        let app = axum::Router::new()
+            .route_service("/livez", health.clone().check(Check::Liveness))
+            .route_service("/health", health);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("listening on {}", listener.local_addr()?);
         // An orphan never outlives its parent's test for long.
@@ -211,11 +220,16 @@ impl Server {
 
     /// `GET /health`, bounded.
     async fn health(&self) -> TestResult<Answer> {
+        self.get("/health").await
+    }
+
+    /// `GET path`, bounded.
+    async fn get(&self, path: &str) -> TestResult<Answer> {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         let exchange = async {
             let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
-            stream
-                .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .await?;
+            stream.write_all(request.as_bytes()).await?;
             let mut raw = Vec::new();
             stream.read_to_end(&mut raw).await?;
             Ok::<_, std::io::Error>(raw)
@@ -234,6 +248,7 @@ impl Server {
         let check = &json["checks"]["sqlite:responseTime"][0];
         Ok(Answer {
             code,
+            state: json["state"].as_str().unwrap_or_default().to_owned(),
             status: json["status"].as_str().unwrap_or_default().to_owned(),
             output: check["output"].as_str().unwrap_or_default().to_owned(),
         })
@@ -255,6 +270,7 @@ impl Drop for Server {
 #[allow(dead_code)] // Read through Debug in failure messages.
 struct Answer {
     code: u16,
+    state: String,
     status: String,
     output: String,
 }

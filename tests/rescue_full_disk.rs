@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::{Exits, SmallDisk, TestDb, TestResult, bodies_in_file, create_table, insert, warm};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{
-    Fault, FileFault, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
+    Check, Fault, FileFault, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,12 +71,18 @@ fn entries(dir: &Path) -> std::io::Result<Vec<String>> {
 
 /// One GET of `/health` through `ServiceExt::oneshot`: status and body.
 async fn health_get(live: &LivePool) -> Result<(http::StatusCode, serde_json::Value), BoxError> {
+    check_get(HealthService::new(live.clone())).await
+}
+
+/// One GET of `health` through `ServiceExt::oneshot`: status and body.
+async fn check_get(
+    health: HealthService,
+) -> Result<(http::StatusCode, serde_json::Value), BoxError> {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     let request = http::Request::get("/health").body(())?;
-    let response =
-        tokio::time::timeout(WAIT, HealthService::new(live.clone()).oneshot(request)).await??;
+    let response = tokio::time::timeout(WAIT, health.oneshot(request)).await??;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     eprintln!("/health: {status} {}", String::from_utf8_lossy(&bytes));
@@ -199,6 +205,26 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
         !output.contains('/') && !output.contains("app.db"),
         "the output holds a path: {output}"
     );
+
+    // Probed the way a kubelet does (every period, here 100 ms, 10 times)
+    // while the rescue is pending: liveness never fails (a restart would
+    // lose the dead handle, the only copy), readiness always does.
+    let health = HealthService::new(live.clone());
+    let mut period = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..10 {
+        period.tick().await;
+        let (live_status, live_body) = check_get(health.clone().check(Check::Liveness)).await?;
+        assert_eq!(live_status, http::StatusCode::OK, "{live_body}");
+        assert_eq!(live_body["status"], "warn", "{live_body}");
+        assert_eq!(live_body["state"], "rescue_pending", "{live_body}");
+        let (ready_status, ready_body) = check_get(health.clone()).await?;
+        assert_eq!(
+            ready_status,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "{ready_body}"
+        );
+        assert_eq!(ready_body["state"], "rescue_pending", "{ready_body}");
+    }
 
     // Nothing healed, nothing given up, no exit, while no rescue is saved.
     assert_eq!(exits.count_now(), 0, "the exit action ran");

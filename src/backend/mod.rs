@@ -80,6 +80,11 @@ pub(crate) mod sealed {
             err: &dyn fmt::Display,
         ) -> Triage;
 
+        /// A transient error about `generation`: the backend may read a
+        /// degraded state from it (SQLite's READONLY: the file or its
+        /// directory cannot be written).
+        fn transient(_inner: &Arc<Inner<Self>>, _generation: u64, _code: Code) {}
+
         /// Everything between a fatal finding and a verified new
         /// generation. Also returns where the dead generation's data was
         /// rescued, if it was.

@@ -29,22 +29,28 @@ pub enum Finding {
     Pass,
     /// A lock, an exhausted pool, a timeout: `warn`.
     Transient(Detail),
+    /// A check that did not answer (a hung mount, a black-holed server),
+    /// the given number in a row: `warn`, and readiness `fail` from the
+    /// [`STUCK_PROBES`]th. Nothing proves the database dead, so nothing is
+    /// reported to the policy, and a restart would hang the same way.
+    Silent(u32, Detail),
     /// A dead or unreadable database: `fail`.
     Dead(Detail),
 }
 
 impl Finding {
-    /// A check that did not answer, the `in_a_row`th in a row: `warn`, and
-    /// `fail` from the [`STUCK_PROBES`]th (a hung mount, a black-holed
-    /// server: nothing proves the database dead, so nothing is reported).
+    /// A check that did not answer, the `in_a_row`th in a row.
     pub(crate) fn silent(in_a_row: u32, detail: Detail) -> Finding {
         if in_a_row < STUCK_PROBES {
-            return Finding::Transient(detail);
+            return Finding::Silent(in_a_row, detail);
         }
-        Finding::Dead(Detail {
-            safe: format!("{} ({in_a_row} probes in a row)", detail.safe),
-            full: format!("{} ({in_a_row} probes in a row)", detail.full),
-        })
+        Finding::Silent(
+            in_a_row,
+            Detail {
+                safe: format!("{} ({in_a_row} probes in a row)", detail.safe),
+                full: format!("{} ({in_a_row} probes in a row)", detail.full),
+            },
+        )
     }
 
     /// What a probe's failed read says, for every backend. A fatal error is

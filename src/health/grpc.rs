@@ -31,28 +31,33 @@
 //!
 //! # States
 //!
-//! | the database | gRPC status |
-//! |---|---|
-//! | live, and the last probe did not fail | `SERVING` |
-//! | the last probe of the live pool failed (its fatal findings also start a heal) | `NOT_SERVING` |
-//! | a heal in flight | `NOT_SERVING` |
-//! | healed: a verified new pool is live | `SERVING` |
-//! | the policy gave up | `NOT_SERVING`, set **before** the exit action runs |
+//! The bridge publishes the two verdicts of the [state
+//! table](super#states) under service names a Kubernetes `grpc:` probe
+//! asks for:
 //!
-//! A heal only starts on a fatal finding, so while it runs the database
-//! cannot serve: `NOT_SERVING` lets a load balancer route around the
-//! process for those milliseconds, and `SERVING` comes back with the new
-//! pool. A `warn` of the [probe](super#the-probe) (a lock held elsewhere, a
-//! timeout) stays `SERVING`: the database is not dead.
+//! | service name | follows | `NOT_SERVING` when |
+//! |---|---|---|
+//! | `liveness` | the liveness verdict | the policy gave up (set **before** the exit action runs) |
+//! | `readiness`, `""` (the server as a whole) and every name added with [`service`](GrpcHealthBridge::service) | the readiness verdict | the last probe of the pool in service failed; a Postgres heal waits for a primary; a rescue of a dead SQLite file keeps failing; the policy gave up |
+//!
+//! A `warn` (a lock held elsewhere, a heal in flight whose requests the
+//! layer holds, the database read-only in place) stays `SERVING`.
+//!
+//! ```yaml
+//! livenessProbe:
+//!   grpc: { port: 50051, service: liveness }
+//! readinessProbe:
+//!   grpc: { port: 50051, service: readiness }
+//! ```
 //!
 //! The bridge follows [`LivePool::subscribe`](crate::LivePool::subscribe),
 //! which sees every finding of the layer, the file watchdog and
 //! [`Lease::report`](crate::Lease::report). It also runs the
-//! [`HealthService`] probe itself every
+//! [`HealthService`] readiness probe itself every
 //! [`probe_interval`](GrpcHealthBridge::probe_interval) (sharing the single
 //! flight with the HTTP endpoint), because the watchdog only compares file
 //! identity: the probe also reads a page, so a corrupt or unreadable
-//! database flips the status even when no request fails, and with the
+//! database flips readiness even when no request fails, and with the
 //! watchdog turned off a deleted file does too.
 //!
 //! The give-up is published to subscribers before the exit action, but a
@@ -70,7 +75,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::{HealthService, HealthStatus, WeakHealth};
+use super::{HealthService, HealthStatus, State, WeakHealth};
 use crate::live_pool::{PoolStatus, StatusWatch};
 
 /// Keeps a tonic-health [`HealthReporter`] in step with a [`LivePool`](crate::LivePool).
@@ -96,8 +101,9 @@ impl GrpcHealthBridge {
         }
     }
 
-    /// Adds a service name whose status follows the database. Default (when
-    /// none is added): `""`, the server as a whole.
+    /// Adds a service name whose status follows the readiness verdict,
+    /// besides `""` (the server as a whole) and `readiness`; `liveness`
+    /// follows the liveness verdict.
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.services.push(name.into());
         self
@@ -116,21 +122,26 @@ impl GrpcHealthBridge {
     /// (including every [`HealthService`]) is dropped; abort the returned
     /// handle to end it sooner.
     pub fn spawn(self) -> JoinHandle<()> {
-        let services: Arc<[String]> = if self.services.is_empty() {
-            Arc::from([String::new()])
-        } else {
-            self.services.into()
-        };
+        let mut ready = vec![String::new(), READINESS.to_owned()];
+        for name in self.services {
+            if !ready.contains(&name) && name != LIVENESS {
+                ready.push(name);
+            }
+        }
         let bridge = Arc::new(Bridge {
             reporter: self.reporter,
-            services,
+            ready: ready.into(),
             last: Mutex::new(None),
         });
         let live = self.health.live();
         let hook = Arc::clone(&bridge);
         live.before_exit(Box::new(move |_gave_up| {
             let bridge = Arc::clone(&hook);
-            Box::pin(async move { bridge.set(|| ServingStatus::NotServing).await })
+            Box::pin(async move {
+                bridge
+                    .set(|| (ServingStatus::NotServing, ServingStatus::NotServing))
+                    .await
+            })
         }));
         let status = live.subscribe();
         let health = self.health.downgrade();
@@ -147,28 +158,49 @@ impl std::fmt::Debug for GrpcHealthBridge {
     }
 }
 
+/// The service name that follows the liveness verdict.
+pub const LIVENESS: &str = "liveness";
+/// The service name that follows the readiness verdict (as `""` does).
+pub const READINESS: &str = "readiness";
+
 struct Bridge {
     reporter: HealthReporter,
-    services: Arc<[String]>,
-    /// The status last set; the lock also orders the task's updates with the
-    /// give-up step.
-    last: Mutex<Option<ServingStatus>>,
+    /// The names that follow readiness.
+    ready: Arc<[String]>,
+    /// The statuses last set (liveness, readiness); the lock also orders
+    /// the task's updates with the give-up step.
+    last: Mutex<Option<(ServingStatus, ServingStatus)>>,
 }
 
 impl Bridge {
-    /// Sets every service to what `decide` says, deciding under the lock so
-    /// that an update decided before a give-up cannot land after it.
-    async fn set(&self, decide: impl FnOnce() -> ServingStatus) {
+    /// Sets every service to what `decide` says (liveness, readiness),
+    /// deciding under the lock so that an update decided before a give-up
+    /// cannot land after it.
+    async fn set(&self, decide: impl FnOnce() -> (ServingStatus, ServingStatus)) {
         let mut last = self.last.lock().await;
-        let status = decide();
-        if *last == Some(status) {
-            return;
+        let (live, ready) = decide();
+        let (was_live, was_ready) = match *last {
+            Some((live, ready)) => (Some(live), Some(ready)),
+            None => (None, None),
+        };
+        if was_live != Some(live) {
+            self.reporter.set_service_status(LIVENESS, live).await;
+            tracing::info!(service = LIVENESS, status = %live, "gRPC health status set");
         }
-        for service in self.services.iter() {
-            self.reporter.set_service_status(service, status).await;
+        if was_ready != Some(ready) {
+            for service in self.ready.iter() {
+                self.reporter.set_service_status(service, ready).await;
+            }
+            tracing::info!(services = ?self.ready, status = %ready, "gRPC health status set");
         }
-        tracing::info!(services = ?self.services, %status, "gRPC health status set");
-        *last = Some(status);
+        *last = Some((live, ready));
+    }
+}
+
+fn serving(status: HealthStatus) -> ServingStatus {
+    match status {
+        HealthStatus::Fail => ServingStatus::NotServing,
+        HealthStatus::Pass | HealthStatus::Warn => ServingStatus::Serving,
     }
 }
 
@@ -183,15 +215,27 @@ async fn run(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker
     });
-    // The generation whose last probe failed.
+    // The generation whose last probe failed readiness.
     let mut failed: Option<u64> = None;
     loop {
         bridge
-            .set(|| match &status.latest() {
-                PoolStatus::Live { generation, .. } if failed != Some(*generation) => {
-                    ServingStatus::Serving
-                }
-                _ => ServingStatus::NotServing,
+            .set(|| {
+                let latest = status.latest();
+                let state = State::of(&latest);
+                // The last probe's failure stands until the generation it
+                // probed is replaced, or a later probe says otherwise.
+                let probed = match &latest {
+                    PoolStatus::Live { generation, .. }
+                    | PoolStatus::ReadOnly { generation, .. }
+                    | PoolStatus::Healing { generation, .. } => Some(*generation),
+                    _ => None,
+                };
+                let ready = if probed.is_some() && probed == failed {
+                    HealthStatus::Fail
+                } else {
+                    state.readiness()
+                };
+                (serving(state.liveness()), serving(ready))
             })
             .await;
         tokio::select! {
@@ -202,7 +246,7 @@ async fn run(
             }
             () = tick(&mut ticker) => {
                 let Some(health) = health.upgrade() else { return };
-                let report = health.check().await;
+                let report = health.probe_readiness().await;
                 failed = (report.status == HealthStatus::Fail).then_some(report.generation);
             }
         }

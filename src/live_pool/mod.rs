@@ -495,6 +495,9 @@ impl<DB: Backend> LivePool<DB> {
         crate::metrics::error_seen(class);
         let pending = if !class.is_fatal() {
             tracing::debug!(%class, %code, generation, action = "none", error = %err, "database error is not fatal");
+            if class == ErrorClass::Transient {
+                DB::transient(&self.inner, generation, code);
+            }
             Pending::Ignored(class)
         } else {
             match DB::triage(&self.inner, generation, code, err) {

@@ -34,7 +34,32 @@ impl Example {
 
     /// [`start`](Self::start) for the example called `name`.
     pub async fn start_named(name: &str, args: &[&str]) -> Result<Self, BoxError> {
-        let mut child = tokio::process::Command::new(example_binary(name).await?)
+        Self::spawn(
+            tokio::process::Command::new(example_binary(name).await?),
+            args,
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) as the user `uid` (group `gid`), through
+    /// `setpriv` when this process is root, for faults root does not see
+    /// (file permissions); as this process's own user otherwise.
+    pub async fn start_as_user(uid: u32, gid: u32, args: &[&str]) -> Result<Self, BoxError> {
+        let binary = example_binary("axum").await?;
+        if !is_root() {
+            return Self::spawn(tokio::process::Command::new(binary), args).await;
+        }
+        let mut command = tokio::process::Command::new("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg(binary);
+        Self::spawn(command, args).await
+    }
+
+    async fn spawn(mut command: tokio::process::Command, args: &[&str]) -> Result<Self, BoxError> {
+        let mut child = command
             .args(args)
             .args(["--addr", "127.0.0.1:0"])
             // The example's default filter, whatever the caller's environment says.
@@ -260,4 +285,12 @@ pub async fn example_binary(name: &str) -> Result<PathBuf, BoxError> {
     } else {
         Err(format!("{} is missing after the build", binary.display()).into())
     }
+}
+
+/// `true` when this process runs as root (permissions do not stop it).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        meta.uid() == 0
+    })
 }

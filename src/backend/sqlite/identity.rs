@@ -183,6 +183,18 @@ impl DbFile {
         Ok(())
     }
 
+    /// Whether this process may write the file and the directory it is in
+    /// (the directory holds the `-journal` of a DELETE-mode write): what a
+    /// database that answered READONLY needs before it takes writes again.
+    /// `access(2)` asks for the process's own user, so root on a read-only
+    /// mount is `false`, root on a foreign directory `true`, as SQLite sees.
+    pub(crate) fn writable(&self) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        [self.path.as_path(), dir]
+            .iter()
+            .all(|path| rustix::fs::access(*path, rustix::fs::Access::WRITE_OK).is_ok())
+    }
+
     /// After the main file at the path was replaced, deleted or moved:
     /// renames the `-wal` and `-shm` that still belong to the old file aside
     /// (`<name>.stale-<stamp>-<random>`), so that no connection ever opens the

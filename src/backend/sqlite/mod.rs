@@ -30,6 +30,10 @@ use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, LivePool, Outcome
 
 /// SQLite's primary CANTOPEN result code.
 const CANTOPEN: i32 = 14;
+/// SQLite's primary READONLY result code, and its sub-code for a directory
+/// that cannot be written (READONLY_DBMOVED, 1032, is fatal, not degraded).
+const READONLY: i32 = 8;
+const READONLY_DIRECTORY: i32 = 1544;
 
 /// What SQLite's heals share: how to reopen.
 pub struct SqliteState {
@@ -56,6 +60,19 @@ impl Sealed for Sqlite {
         } else {
             Triage::Fatal(fault)
         }
+    }
+
+    fn transient(inner: &Arc<Inner<Self>>, generation: u64, code: Code) {
+        let Some(code) = code.sqlite() else { return };
+        if code & 0xff != READONLY || generation != inner.generation() {
+            return;
+        }
+        let reason = if code == READONLY_DIRECTORY {
+            format!("the database's directory cannot be written (SQLite code {code})")
+        } else {
+            format!("the database cannot be written (SQLite code {code})")
+        };
+        inner.set_read_only(generation, &reason);
     }
 
     fn replace(

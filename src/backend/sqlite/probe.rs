@@ -25,8 +25,14 @@ pub(crate) async fn probe(
     let generation = current.number;
     if let Some(file) = current.file.clone() {
         let path = file.path().to_owned();
-        // A stat can block on a dead network filesystem: keep it off the runtime.
-        let checked = blocking::run(bound, move || file.check()).await;
+        let read_only = live.inner().is_read_only(generation);
+        // A stat can block on a dead network filesystem: keep it off the
+        // runtime. While read-only in place, also whether writes are
+        // possible again.
+        let checked = blocking::run(bound, move || {
+            file.check().map(|()| read_only && file.writable())
+        })
+        .await;
         let in_a_row = match checked {
             Err(_) => stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1),
             Ok(_) => {
@@ -35,7 +41,11 @@ pub(crate) async fn probe(
             }
         };
         match checked {
-            Ok(Ok(())) => {}
+            Ok(Ok(writable_again)) => {
+                if writable_again {
+                    live.inner().clear_read_only(generation);
+                }
+            }
             Ok(Err(fault)) => {
                 // The policy takes the finding now; the answer does not wait
                 // for the heal it starts.

@@ -80,12 +80,16 @@ async fn run(
             () = events.watch(dir) => {}
         }
         let Some(file) = file else { continue };
+        let read_only = inner.upgrade().is_some_and(|i| i.is_read_only(number));
         let checked = tokio::select! {
             _ = &mut stop => return,
-            checked = blocking::run(CHECK_BOUND, move || file.check()) => checked,
+            // While read-only in place, also whether writes are possible again.
+            checked = blocking::run(CHECK_BOUND, move || {
+                file.check().map(|()| read_only && file.writable())
+            }) => checked,
         };
         let fault = match checked {
-            Ok(Ok(())) => {
+            Ok(Ok(writable_again)) => {
                 if stuck >= STUCK_CHECKS {
                     tracing::info!(
                         generation = number,
@@ -93,6 +97,9 @@ async fn run(
                     );
                 }
                 stuck = 0;
+                if writable_again && let Some(inner) = inner.upgrade() {
+                    inner.clear_read_only(number);
+                }
                 continue;
             }
             Ok(Err(fault)) => {
