@@ -30,6 +30,12 @@
 //! it stops the same way and exits with status 1 once the calls in flight
 //! are answered.
 //!
+//! Health: a real service adds `tonic-health` with
+//! `GrpcHealthBridge` (see the crate docs' tonic quickstart) and points
+//! Kubernetes' liveness probe at the `liveness` service and its readiness
+//! probe at `readiness`; the liveness service fails only once the policy
+//! has given up.
+//!
 //! `tests/layer_tonic.rs` serves `NotesServer` in-process and calls it with
 //! `NotesClient` over a real channel.
 

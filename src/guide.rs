@@ -146,10 +146,13 @@
 //!   heal is held before any of them runs, and their errors reach it. Layers
 //!   that never touch the database (tracing, compression, timeouts) may go
 //!   outside it.
-//! - **`/health`** goes outside authentication (probes carry no
-//!   credentials) and outside the layer (a probe must not be held during a
-//!   heal). In axum a `.layer` wraps only the routes added before it, so
-//!   mount it with `route_service` after the database layers.
+//! - **The probes** (`/livez` for the liveness probe, `/readyz` or
+//!   `/health` for the readiness probe: see [the two
+//!   verdicts](crate::health#two-verdicts)) go outside authentication
+//!   (probes carry no credentials) and outside the layer (a probe must not
+//!   be held during a heal). In axum a `.layer` wraps only the routes added
+//!   before it, so mount them with `route_service` after the database
+//!   layers.
 //! - **Background tasks** hold a `LivePool` (not a `SqlitePool`) and take a
 //!   [`Lease`](crate::Lease) (or `live.pool()`) on every iteration, and
 //!   report their errors through it: no layer sees them.

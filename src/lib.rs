@@ -16,10 +16,14 @@
 //!   a WAL pool whose file was deleted reports no error at all, and a rescue
 //!   saves what the dead handle still sees with `VACUUM INTO` before the
 //!   pool is replaced;
-//! - [`HealthService`] answers `/health` from a probe that reads the database
-//!   and checks its file, within a timeout, and is itself a detector; with the
-//!   `tonic` feature it also drives gRPC health checking, with `systemd` the
-//!   systemd watchdog. See [`health`] for Kubernetes and systemd set-ups;
+//! - [`HealthService`] answers the supervisor's two questions: **liveness**
+//!   (`/livez`: would a restart help and lose nothing? only after a give-up)
+//!   and **readiness** (`/readyz`, `/health`: would a request routed here
+//!   fail now?, from a probe that reads the database and checks its file,
+//!   within a timeout, and is itself a detector); with the `tonic` feature
+//!   it also drives gRPC health checking, with `systemd` the systemd
+//!   watchdog. See [`health`] for the state table and the Kubernetes and
+//!   systemd set-ups;
 //! - [`DbLivenessLayer`] is how a service uses it: in any tower stack it
 //!   reports the database errors of responses and service errors to the
 //!   `LivePool` and holds requests while a reopen is in flight. Handlers
@@ -48,7 +52,7 @@
 //! # mod quickstart {
 //! use axum::{Router, extract::State, http::StatusCode, routing::post};
 //! use sqlx::sqlite::SqliteConnectOptions;
-//! use tower_db_liveness::{DbError, DbLivenessLayer, HealthService, LivePool};
+//! use tower_db_liveness::{Check, DbError, DbLivenessLayer, HealthService, LivePool};
 //!
 //! async fn add_note(State(live): State<LivePool>, body: String) -> Result<StatusCode, DbError> {
 //!     sqlx::query("INSERT INTO notes(body) VALUES (?)")
@@ -68,7 +72,8 @@
 //!     let app = Router::new()
 //!         .route("/notes", post(add_note))
 //!         .layer(DbLivenessLayer::new(live.clone()))
-//!         .route_service("/health", HealthService::new(live.clone()))
+//!         .route_service("/livez", HealthService::new(live.clone()).check(Check::Liveness))
+//!         .route_service("/readyz", HealthService::new(live.clone()))
 //!         .with_state(live);
 //!     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
 //!     axum::serve(listener, app).await?;
@@ -156,6 +161,7 @@
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let live = LivePool::connect(SqliteConnectOptions::new().filename("app.db")).await?;
 //!     let (reporter, health_server) = tonic_health::server::health_reporter();
+//!     // Services `liveness` and `readiness`, for Kubernetes' `grpc:` probes.
 //!     GrpcHealthBridge::new(&HealthService::new(live.clone()), reporter).spawn();
 //!
 //!     tonic::transport::Server::builder()
@@ -226,7 +232,7 @@
 //!         labels: { severity: warning }
 //!         annotations:
 //!           summary: "{{ $labels.instance }} reopened its database ({{ $labels.fault }})"
-//!       - alert: DatabaseHealthFailing   # /health answered fail
+//!       - alert: DatabaseNotReady        # readiness (/readyz, /health) answered fail
 //!         expr: increase(db_liveness_probe_total{status="fail"}[2m]) > 0
 //!         labels: { severity: critical }
 //!       - alert: DatabaseGaveUp          # or the process restarted
@@ -308,7 +314,8 @@
 //! [`drain_timeout`](LivePoolBuilder::drain_timeout) to finish, and the
 //! rescue runs on a connection opened before the fault. A rescue that fails
 //! (a full disk) is retried with back-off while the dead handle is kept open
-//! and `/health` answers `fail` ([`PoolStatus::RescueFailing`]): nothing is
+//! and readiness answers `fail` ([`PoolStatus::RescueFailing`]; liveness
+//! stays 200: a restart would lose the data): nothing is
 //! healed or exited until a rescue is saved. Then the dead file is
 //! **sealed**: the rescue connection takes the write lock once
 //! `PRAGMA data_version` shows no commit since the rescue started (rescuing
