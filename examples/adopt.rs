@@ -5,31 +5,36 @@
 //! ```
 //!
 //! The shape of a typical app: a `#[derive(FromRef)]` `AppState`, handlers
-//! on `State<SqlitePool>`, `sqlx::migrate!` at start-up, `BEGIN IMMEDIATE`
-//! transactions, its own error enum, a background task, `#[sqlx::test]`
-//! tests (in `tests/adopt.rs`). Every line that exists only because of the
-//! crate ends with `// liveness`; the walk-through is the crate's guide
-//! (`tower_db_liveness::guide`).
+//! on `State<SqlitePool>`, its own pool function (migrations and a seed,
+//! shared with a CLI), `BEGIN IMMEDIATE` transactions, its own error enum
+//! with a boxed, nested error type, a session middleware that turns every
+//! lookup error into 401, a background task, its own shutdown signal,
+//! `#[sqlx::test]` tests (in `tests/adopt.rs`). Every line that exists only
+//! because of the crate ends with `// liveness`; the walk-through is the
+//! crate's guide (`tower_db_liveness::guide`).
 //!
 //! Routes: `POST /notes` (201 `{"id":N}`, 409 for a note that exists),
 //! `GET /notes` (`[{"id":N,"body":"..."}]`), `GET /notes/{id}` (the body, or
-//! 404), `GET /health`. It prints `listening on <addr>` once bound; when the
-//! policy gives up it drains and exits with status 1.
+//! 404), `POST /login` (the body is a user name; 200 with a session token),
+//! `GET /me` (behind the session middleware: the user, or 401),
+//! `GET /livez`, `GET /readyz`. It prints `listening on <addr>` once bound;
+//! when the policy gives up it drains and exits with status 1.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::{FromRef, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use tower_db_liveness::{DbLivenessLayer, ErrorMark, HealthService, LivePool}; // liveness
+use tower_db_liveness::{Check, DbLivenessLayer, ErrorMark, HealthService, LivePool}; // liveness
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("examples/adopt/migrations");
 
@@ -58,7 +63,53 @@ pub enum AppError {
     NotFound,
     Conflict,
     TooLong,
-    Db(ErrorMark), // liveness
+    Db(sqlx::Error),
+    /// Errors of the authentication module, boxed as the app keeps them.
+    Auth(Box<AuthError>),
+}
+
+/// The authentication module's own error type, nested in [`AppError`].
+#[derive(Debug)]
+pub enum AuthError {
+    EmptyName,
+    Database(sqlx::Error),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppError::NotFound => "not found",
+            AppError::Conflict => "conflict",
+            AppError::TooLong => "too long",
+            AppError::Db(_) => "database error",
+            AppError::Auth(_) => "authentication error",
+        })
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppError::Db(err) => Some(err),
+            AppError::Auth(err) => Some(err.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("authentication failed")
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthError::Database(err) => Some(err),
+            AuthError::EmptyName => None,
+        }
+    }
 }
 
 impl From<sqlx::Error> for AppError {
@@ -66,22 +117,28 @@ impl From<sqlx::Error> for AppError {
         match &err {
             sqlx::Error::RowNotFound => AppError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => AppError::Conflict,
-            _ => {
-                tracing::error!(error = %err, "database error");
-                AppError::Db(ErrorMark::from(&err)) // liveness
-            }
+            _ => AppError::Db(err),
         }
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        match self {
+        // Found however deep it is nested: the layer reads it from the response.
+        let mark = ErrorMark::find(&self); // liveness
+        if let AppError::Db(err) = &self {
+            tracing::error!(error = %err, "database error");
+        }
+        let response = match self {
             AppError::NotFound => (StatusCode::NOT_FOUND, "no such note\n").into_response(),
             AppError::Conflict => (StatusCode::CONFLICT, "that note exists\n").into_response(),
             AppError::TooLong => (StatusCode::PAYLOAD_TOO_LARGE, "too long\n").into_response(),
-            AppError::Db(mark) => (mark.status(), mark, "database error\n").into_response(), // liveness
-        }
+            AppError::Auth(_) => (StatusCode::BAD_REQUEST, "cannot log in\n").into_response(),
+            AppError::Db(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "database error\n").into_response()
+            }
+        };
+        (mark, response).into_response() // liveness
     }
 }
 
@@ -124,14 +181,90 @@ async fn get_note(State(pool): State<SqlitePool>, Path(id): Path<i64>) -> Result
     Ok(body)
 }
 
+async fn login(State(pool): State<SqlitePool>, user: String) -> Result<String, AppError> {
+    if user.trim().is_empty() {
+        return Err(AppError::Auth(Box::new(AuthError::EmptyName)));
+    }
+    let token = format!("{:016x}", rand_token());
+    sqlx::query("INSERT INTO sessions(token, user) VALUES (?, ?)")
+        .bind(&token)
+        .bind(user.trim())
+        .execute(&pool)
+        .await
+        .map_err(|err| AppError::Auth(Box::new(AuthError::Database(err))))?;
+    Ok(token)
+}
+
+fn rand_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+    hasher.finish()
+}
+
+/// The signed-in user, put in the request by [`require_session`].
+#[derive(Clone)]
+pub struct User(pub String);
+
+async fn me(axum::Extension(User(user)): axum::Extension<User>) -> String {
+    user
+}
+
+/// The session middleware: a bearer token looked up (and touched) in
+/// `sessions`. Like many, it answers 401 for every failure, its database
+/// errors included; the mark on that 401 lets the layer report the error
+/// and answer 503 with `Retry-After` instead, so no client is sent to log
+/// in again during a heal.
+pub async fn require_session(
+    State(pool): State<SqlitePool>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let found: Result<Option<String>, sqlx::Error> = async {
+        sqlx::query("UPDATE sessions SET uses = uses + 1 WHERE token = ?")
+            .bind(&token)
+            .execute(&pool)
+            .await?;
+        sqlx::query_scalar("SELECT user FROM sessions WHERE token = ?")
+            .bind(&token)
+            .fetch_optional(&pool)
+            .await
+    }
+    .await;
+    match found {
+        Ok(Some(user)) => {
+            request.extensions_mut().insert(User(user));
+            next.run(request).await
+        }
+        Ok(None) => StatusCode::UNAUTHORIZED.into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "session lookup failed");
+            (StatusCode::UNAUTHORIZED, ErrorMark::from(&err)).into_response() // liveness
+        }
+    }
+}
+
 /// The router. The layer is outermost of the layers that touch the
-/// database; `/health` is mounted after it, so it is not held during a heal.
+/// database (the session middleware included); the probes are mounted after
+/// it, so they are never held during a heal.
 pub fn app(state: AppState) -> Router {
+    let health = HealthService::new(state.live.clone()); // liveness
     Router::new()
+        .route("/me", get(me))
+        .layer(from_fn_with_state(state.clone(), require_session))
         .route("/notes", post(add_note).get(list_notes))
         .route("/notes/{id}", get(get_note))
+        .route("/login", post(login))
         .layer(DbLivenessLayer::new(state.live.clone())) // liveness
-        .route_service("/health", HealthService::new(state.live.clone())) // liveness
+        .route_service("/livez", health.clone().check(Check::Liveness)) // liveness
+        .route_service("/readyz", health) // liveness
         .with_state(state)
 }
 
@@ -172,6 +305,32 @@ fn parse_args() -> Result<(PathBuf, SocketAddr), String> {
     Ok((db, addr))
 }
 
+/// The app's pool function, shared with its CLI: opens the database,
+/// migrates it and seeds it. The crate adopts the pool it returns.
+pub async fn open_pool(db: &std::path::Path) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        // The guide's recommended settings: no connection is recycled, so a
+        // restore by rename never meets a new connection on the old log.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    sqlx::query("INSERT OR IGNORE INTO notes(body) VALUES ('welcome')")
+        .execute(&pool)
+        .await?;
+    Ok(pool)
+}
+
+/// The app's own shutdown signal.
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
@@ -181,13 +340,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         )
         .init();
     let (db, addr) = parse_args()?;
-    let options = SqliteConnectOptions::new()
-        .filename(&db)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal);
-    let live = LivePool::builder(options) // liveness
+    let pool = open_pool(&db).await?;
+    let live = LivePool::from_pool(pool) // liveness
         .migrations(&MIGRATOR) // liveness
-        .shutdown_grace(Duration::from_secs(10)) // liveness
         .open() // liveness
         .await?; // liveness
     let state = AppState {
@@ -200,7 +355,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(live.given_up()) // liveness
+        .with_graceful_shutdown(live.shutdown_on(shutdown_signal())) // liveness
         .await?;
     live.close().await; // liveness
     let gave_up = live.gave_up(); // liveness

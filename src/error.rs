@@ -29,7 +29,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::classify::{Code, ErrorClass, classify};
+use crate::classify::{Code, ErrorClass, classify, find_in_chain};
 
 /// A handler error wrapping a `sqlx::Error`.
 ///
@@ -156,13 +156,60 @@ impl ErrorMark {
         })
     }
 
+    /// The mark of the first database error in `err`'s
+    /// [`source`](StdError::source) chain, `err` itself first: for an error
+    /// type that holds a `sqlx::Error` somewhere inside, boxed or nested in
+    /// other error types. `None` when the chain holds none.
+    ///
+    /// One call in the `IntoResponse` of the application's top-level error
+    /// finds every database error, however deep, as long as each wrapper
+    /// returns its inner error from `source()` (`thiserror`'s `#[source]` and
+    /// `#[from]` do). A wrapper that is not a `std::error::Error` (a boxed
+    /// trait object of the application's own trait) hands over what it
+    /// wraps: `ErrorMark::find(inner.as_error())`, with a method of that
+    /// trait that returns the inner error.
+    ///
+    /// ```
+    /// use tower_db_liveness::{ErrorClass, ErrorMark};
+    ///
+    /// #[derive(Debug)]
+    /// enum AuthError { Database(sqlx::Error) }
+    /// impl std::fmt::Display for AuthError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("authentication failed")
+    ///     }
+    /// }
+    /// impl std::error::Error for AuthError {
+    ///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    ///         match self { AuthError::Database(err) => Some(err) }
+    ///     }
+    /// }
+    ///
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> =
+    ///     Box::new(AuthError::Database(sqlx::Error::PoolTimedOut));
+    /// let mark = ErrorMark::find(&*boxed).expect("a database error inside");
+    /// assert_eq!(mark.class(), ErrorClass::Transient);
+    /// assert!(ErrorMark::find(&std::fmt::Error).is_none());
+    /// ```
+    pub fn find(err: &(dyn StdError + 'static)) -> Option<Self> {
+        find_in_chain(err).map(|found| {
+            ErrorMark(Marked {
+                class: found.class(),
+                code: found.code(),
+                message: found.to_string(),
+            })
+        })
+    }
+
     /// How the liveness policy treats the error.
     pub fn class(&self) -> ErrorClass {
         self.0.class
     }
 
     /// The status [`DbError`] would answer with: `503` for fatal and
-    /// transient errors, `500` otherwise.
+    /// transient errors, `500` otherwise. Whatever status a marked response
+    /// has, the [layer](crate::DbLivenessLayer) sends it as `503` with
+    /// `Retry-After` when the error is fatal or transient.
     pub fn status(&self) -> http::StatusCode {
         status_for(self.0.class)
     }
@@ -189,8 +236,32 @@ impl axum_core::response::IntoResponseParts for ErrorMark {
         self,
         mut parts: axum_core::response::ResponseParts,
     ) -> Result<axum_core::response::ResponseParts, Self::Error> {
+        use http::header::{HeaderValue, RETRY_AFTER};
+        if self.0.class != ErrorClass::Other {
+            // Retrying soon is expected to work (the layer also makes the
+            // status 503).
+            parts
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         parts.extensions_mut().insert(self.0);
         Ok(parts)
+    }
+}
+
+/// A response of its own: the status of [`ErrorMark::status`] (with
+/// `Retry-After` for a fatal or transient error), a short plain-text body
+/// without the database's message, and the mark. With a status before it,
+/// `(StatusCode::UNAUTHORIZED, mark).into_response()`, a middleware keeps
+/// its own status where the error is not the database's being unavailable.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for ErrorMark {
+    fn into_response(self) -> axum_core::response::Response {
+        let body = match self.class() {
+            ErrorClass::Fatal | ErrorClass::Transient => "database temporarily unavailable\n",
+            ErrorClass::Other => "internal server error\n",
+        };
+        (self.status(), self, body).into_response()
     }
 }
 

@@ -3,18 +3,23 @@
 //! own error enum and `#[sqlx::test]` tests takes the crate without
 //! rewriting a handler or a test helper.
 //!
-//! `examples/adopt.rs` is such an app, with every line that exists only
-//! because of the crate marked `// liveness`: 27 lines added or changed
-//! (11 lines of the plain app replaced), plus one `#[rustfmt::skip]` that
-//! only keeps the marks in place. `tests/adopt.rs` holds its tests,
-//! including real faults. The steps:
+//! `examples/adopt.rs` is such an app (a derived state, its own pool
+//! function shared with a CLI, an error enum with a boxed, nested error
+//! type, a session middleware that answers 401 for every failure, a
+//! background task, its own shutdown signal), with every line that exists
+//! only because of the crate marked `// liveness`: 28 lines of production
+//! code added or changed (9 of them replace a line of the plain app), plus
+//! one `#[rustfmt::skip]` that only keeps the marks in place; no test of the
+//! app changes. `tests/adopt.rs` holds its tests, including real faults.
+//! The steps:
 //!
 //! 1. [Keep `State<SqlitePool>`](#1-keep-statesqlitepool-in-every-handler)
-//! 2. [Your own error enum](#2-your-own-error-enum)
-//! 3. [Migrations, at start-up and on every reopen](#3-migrations-at-start-up-and-on-every-reopen)
-//! 4. [Where things go](#4-where-things-go): the layer, `/health`,
-//!    background tasks, middleware that swallows errors
+//! 2. [Your own error types](#2-your-own-error-types)
+//! 3. [Your pool function, migrations, pool settings](#3-your-pool-function-migrations-pool-settings)
+//! 4. [Where things go](#4-where-things-go): the layer, the probes,
+//!    background tasks, middleware that swallows errors, shutdown
 //! 5. [Tests: `#[sqlx::test]`](#5-tests-sqlxtest)
+//! 6. [Starting again after a give-up](#6-starting-again-after-a-give-up)
 //!
 //! # 1. Keep `State<SqlitePool>` in every handler
 //!
@@ -53,14 +58,16 @@
 //! Never keep a `SqlitePool` taken from the `LivePool` beyond one request or
 //! one iteration of a loop: after a heal it is the closed, dead pool.
 //!
-//! # 2. Your own error enum
+//! # 2. Your own error types
 //!
-//! [`DbError`](crate::DbError) is a ready-made handler error. An app that
-//! has its own enum keeps an [`ErrorMark`](crate::ErrorMark) in its
-//! database variant: taken from the `&sqlx::Error` where the error is
-//! converted, attached to the response in `IntoResponse` (a response part
-//! with the `axum` feature, or [`ErrorMark::attach`](crate::ErrorMark::attach)).
-//! The [`DbLivenessLayer`](crate::DbLivenessLayer) finds it there.
+//! [`DbError`](crate::DbError) is a ready-made handler error. An app with
+//! its own error types keeps them: one line in the `IntoResponse` of its
+//! top-level error finds the database error however deep it is nested
+//! ([`ErrorMark::find`](crate::ErrorMark::find) walks the `source()`
+//! chain, through boxes and the app's own wrapper types), and one more puts
+//! the mark on the response, where the [`DbLivenessLayer`](crate::DbLivenessLayer)
+//! finds it. A fatal or transient error leaves the layer as 503 with
+//! `Retry-After`, whatever status the app chose.
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -69,45 +76,69 @@
 //! use axum::response::{IntoResponse, Response};
 //! use tower_db_liveness::ErrorMark;
 //!
+//! #[derive(Debug)]
 //! pub enum AppError {
 //!     NotFound,
-//!     Conflict,
-//!     Db(ErrorMark), // was: Db(sqlx::Error), or Db
+//!     Db(sqlx::Error),                 // unchanged
+//!     Auth(Box<dyn std::error::Error + Send + Sync>), // AuthError::Database(sqlx::Error) inside
 //! }
-//!
-//! impl From<sqlx::Error> for AppError {
-//!     fn from(err: sqlx::Error) -> Self {
-//!         match &err {
-//!             sqlx::Error::RowNotFound => AppError::NotFound,
-//!             sqlx::Error::Database(db) if db.is_unique_violation() => AppError::Conflict,
-//!             _ => AppError::Db(ErrorMark::from(&err)),
+//! # impl std::fmt::Display for AppError {
+//! #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("app error") }
+//! # }
+//! impl std::error::Error for AppError {
+//!     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+//!         match self {
+//!             AppError::Db(err) => Some(err),
+//!             AppError::Auth(err) => Some(err.as_ref()),
+//!             AppError::NotFound => None,
 //!         }
 //!     }
 //! }
 //!
 //! impl IntoResponse for AppError {
 //!     fn into_response(self) -> Response {
-//!         match self {
+//!         let mark = ErrorMark::find(&self); // added
+//!         let response = match self {
 //!             AppError::NotFound => StatusCode::NOT_FOUND.into_response(),
-//!             AppError::Conflict => StatusCode::CONFLICT.into_response(),
-//!             // 503 for fatal and transient errors (retry soon), 500 otherwise.
-//!             AppError::Db(mark) => (mark.status(), mark, "database error").into_response(),
-//!         }
+//!             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+//!             AppError::Auth(_) => StatusCode::BAD_REQUEST.into_response(),
+//!         };
+//!         (mark, response).into_response() // was: response
 //!     }
 //! }
 //! # }
 //! ```
 //!
+//! Each wrapper must return its inner error from `source()` (`thiserror`'s
+//! `#[from]` and `#[source]` do; a hand-written `Error` impl may not). A
+//! wrapper that is not a `std::error::Error` (a boxed trait object of the
+//! app's own trait) needs a method that hands over what it wraps, and
+//! `ErrorMark::find(inner)` on that. To find every type that wraps a
+//! `sqlx::Error`, and check that each is reachable:
+//!
+//! ```text
+//! grep -rn --include='*.rs' -E 'sqlx::Error|sqlx::error::Error|#\[from\] *sqlx' src/
+//! ```
+//!
 //! Only errors that carry a mark (or a `DbError`) reach the policy: a
-//! database variant without one is a dead database the layer never hears
-//! of. `RowNotFound` and constraint violations are
-//! [`Other`](crate::ErrorClass::Other) and never heal anything, so mapping
-//! them to 404 and 409 without a mark loses nothing.
+//! database error the chain does not reach is a dead database the layer
+//! never hears of. `RowNotFound` and constraint violations are
+//! [`Other`](crate::ErrorClass::Other): they keep the app's status (404,
+//! 409) and never heal anything. An app that prefers to take the mark
+//! where it converts the error keeps an [`ErrorMark`](crate::ErrorMark)
+//! (`ErrorMark::from(&err)`) in its variant instead.
 //!
-//! # 3. Migrations, at start-up and on every reopen
+//! # 3. Your pool function, migrations, pool settings
 //!
-//! A reopen must leave the database as your start-up does. Hand the
-//! migrator to the builder (feature `migrate`): it runs on the first pool
+//! Keep the function that opens your pool (it seeds, audits or maps errors,
+//! and a CLI uses it too) and hand what it returns to
+//! [`LivePool::from_pool`](crate::LivePool::from_pool): it takes the
+//! pool's connect and pool options itself. A reopen opens the same
+//! absolute path with those options and is swapped in only once it is the
+//! same file with the same schema; it never creates the file (whatever
+//! `create_if_missing` says) and does not run the rest of your function.
+//! A reopen must leave the database as your start-up does: hand the
+//! migrator to the builder (feature `migrate`); it runs on the first pool
 //! and on every reopened pool, before the pool is verified; a migration
 //! error is a `sqlx::Error::Migrate`.
 //!
@@ -115,20 +146,38 @@
 //! # #[cfg(feature = "migrate")]
 //! # mod migrations {
 //! use sqlx::migrate::Migrator;
-//! use sqlx::sqlite::SqliteConnectOptions;
+//! use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+//! use sqlx::SqlitePool;
 //! use tower_db_liveness::LivePool;
 //!
 //! static MIGRATOR: Migrator = sqlx::migrate!("examples/adopt/migrations"); // your `sqlx::migrate!()`
 //!
-//! async fn open() -> Result<LivePool, sqlx::Error> {
+//! // Yours, unchanged: also used by the CLI.
+//! async fn open_pool() -> Result<SqlitePool, sqlx::Error> {
 //!     let options = SqliteConnectOptions::new()
 //!         .filename("/var/lib/app/app.db")
 //!         .create_if_missing(true);
-//!     // was: let pool = SqlitePool::connect_with(options).await?; MIGRATOR.run(&pool).await?;
-//!     LivePool::builder(options).migrations(&MIGRATOR).open().await
+//!     let pool = SqlitePoolOptions::new()
+//!         .idle_timeout(None) // recommended: see below
+//!         .max_lifetime(None)
+//!         .connect_with(options)
+//!         .await?;
+//!     MIGRATOR.run(&pool).await?;
+//!     Ok(pool)
+//! }
+//!
+//! async fn open() -> Result<LivePool, sqlx::Error> {
+//!     LivePool::from_pool(open_pool().await?).migrations(&MIGRATOR).open().await
 //! }
 //! # }
 //! ```
+//!
+//! Recommended pool settings: `idle_timeout(None)` and `max_lifetime(None)`
+//! (sqlx's defaults recycle connections after 10 and 30 minutes). A
+//! connection opened between a restore by rename and its detection pairs
+//! the restored file with the old write-ahead log; with no recycling, that
+//! only happens when every connection is busy. See the known limit in
+//! the README's "What happens to your data".
 //!
 //! It works with [`builder_with_pool`](crate::LivePool::builder_with_pool)
 //! too (your reopen, then the migrations). A reopened database is migrated
@@ -157,9 +206,11 @@
 //!   [`Lease`](crate::Lease) (or `live.pool()`) on every iteration, and
 //!   report their errors through it: no layer sees them.
 //! - **Middleware that swallows errors** (a session lookup answering 401
-//!   for every error) must report them: take `live.lease()` before the
-//!   work and call `lease.report(&err)`, or a dead database looks like
-//!   "logged out" to the policy too.
+//!   for every error) keeps its state, its signature and its unit tests,
+//!   and marks the response it makes of a database error: one line. The
+//!   layer reports the error with the request's generation and, for a
+//!   fatal or transient one, answers 503 with `Retry-After` instead of the
+//!   401, so no client is logged out during a heal.
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -172,28 +223,27 @@
 //! use axum::response::{IntoResponse, Response};
 //! use axum::routing::get;
 //! use axum::Router;
-//! use tower_db_liveness::{DbLivenessLayer, HealthService, LivePool};
+//! use sqlx::SqlitePool;
+//! use tower_db_liveness::{Check, DbLivenessLayer, ErrorMark, HealthService, LivePool};
 //!
-//! async fn require_session(State(live): State<LivePool>, request: Request, next: Next) -> Response {
+//! // Unchanged but for one line.
+//! async fn require_session(State(pool): State<SqlitePool>, request: Request, next: Next) -> Response {
 //!     let token = request
 //!         .headers()
 //!         .get("authorization")
 //!         .and_then(|v| v.to_str().ok())
 //!         .unwrap_or_default()
 //!         .to_owned();
-//!     let lease = live.lease(); // before the work: errors are tagged with its generation
 //!     let user: Result<Option<i64>, _> =
 //!         sqlx::query_scalar("SELECT user_id FROM sessions WHERE token = ?")
 //!             .bind(token)
-//!             .fetch_optional(lease.pool())
+//!             .fetch_optional(&pool)
 //!             .await;
 //!     match user {
 //!         Ok(Some(_)) => next.run(request).await,
 //!         Ok(None) => StatusCode::UNAUTHORIZED.into_response(),
-//!         Err(err) => {
-//!             lease.report(&err).await; // at once unless fatal; then after the heal
-//!             StatusCode::UNAUTHORIZED.into_response()
-//!         }
+//!         // was: StatusCode::UNAUTHORIZED.into_response()
+//!         Err(err) => (StatusCode::UNAUTHORIZED, ErrorMark::from(&err)).into_response(),
 //!     }
 //! }
 //!
@@ -211,22 +261,46 @@
 //!     }
 //! }
 //!
-//! fn app(live: LivePool) -> Router {
-//!     tokio::spawn(purge(live.clone()));
+//! #[derive(Clone, axum::extract::FromRef)]
+//! struct AppState { live: LivePool }
+//! impl axum::extract::FromRef<AppState> for SqlitePool {
+//!     fn from_ref(state: &AppState) -> Self { state.live.pool() }
+//! }
+//!
+//! fn app(state: AppState) -> Router {
+//!     tokio::spawn(purge(state.live.clone()));
+//!     let health = HealthService::new(state.live.clone());
 //!     Router::new()
 //!         .route("/notes", get(|| async { "notes" }))
-//!         .layer(from_fn_with_state(live.clone(), require_session)) // touches the database
-//!         .layer(DbLivenessLayer::new(live.clone())) // outermost of those
-//!         .route_service("/health", HealthService::new(live.clone())) // no auth, never held
-//!         .with_state(live)
+//!         .layer(from_fn_with_state(state.clone(), require_session)) // touches the database
+//!         .layer(DbLivenessLayer::new(state.live.clone())) // outermost of those
+//!         .route_service("/livez", health.clone().check(Check::Liveness)) // no auth, never held
+//!         .route_service("/readyz", health)
+//!         .with_state(state)
 //! }
 //! # }
 //! ```
 //!
-//! Serve with `.with_graceful_shutdown(live.given_up())`, then
-//! `live.close().await` and exit with the give-up's code, as
-//! `examples/adopt.rs` does (see "When it exits" in the
-//! [crate documentation](crate#when-it-exits)).
+//! - **Shutdown**: keep your own signal and add the give-up to it with
+//!   [`LivePool::shutdown_on`](crate::LivePool::shutdown_on):
+//!   `.with_graceful_shutdown(live.shutdown_on(shutdown_signal()))`, then
+//!   `live.close().await` and exit with the give-up's code, as
+//!   `examples/adopt.rs` does (see "When it exits" in the
+//!   [crate documentation](crate#when-it-exits)). A server with a handle
+//!   instead of a shutdown future (`axum-server`, TLS included) drives the
+//!   handle from it:
+//!
+//! ```text
+//! let handle = axum_server::Handle::new();
+//! tokio::spawn({
+//!     let (live, handle) = (live.clone(), handle.clone());
+//!     async move {
+//!         live.shutdown_on(shutdown_signal()).await;
+//!         handle.graceful_shutdown(Some(Duration::from_secs(10)));
+//!     }
+//! });
+//! axum_server::bind_rustls(addr, tls).handle(handle).serve(app.into_make_service()).await?;
+//! ```
 //!
 //! # 5. Tests: `#[sqlx::test]`
 //!
@@ -269,3 +343,24 @@
 //! `tests/adopt.rs` runs this recipe, and proves the point: it deletes a
 //! `#[sqlx::test]` database mid-test, and the next write is answered 503
 //! while nothing heals or exits.
+//!
+//! # 6. Starting again after a give-up
+//!
+//! The policy gives up only when the database cannot be reattached: its
+//! file was deleted, moved or replaced by another application's database,
+//! or the fault came back on the fresh pool. Before it exits it saves what
+//! the dead handle still sees into a rescue file
+//! (`<name>.rescued-<stamp>-<random>.db`, mode 0600) and logs its path in
+//! the give-up line (`rescue=...`) and [`GaveUp::rescue`](crate::GaveUp).
+//! The supervisor then starts the app again with the same configuration.
+//!
+//! - The file is back at its path (a directory re-created, a restore by
+//!   rename): the app starts on it; compare it with the rescue, which holds
+//!   every write acknowledged on the dead handle.
+//! - Nothing is at the path: with `create_if_missing(true)` the app would
+//!   start on a new, empty database. Stop the service, move the newest
+//!   rescue into place (`mv app.db.rescued-...db app.db`, in the same
+//!   directory, so the move is atomic), and start it again.
+//!
+//! Keep the rescue files until the data is safe: the crate never deletes
+//! them.

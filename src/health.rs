@@ -847,6 +847,9 @@ impl Report {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         // HEAD announces the length GET would send.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         response

@@ -87,8 +87,18 @@ use crate::live_pool::{AnyLive, LivePool};
 ///      extensions (tonic puts it there for every handler error) and its
 ///      `source()` chain, as built by `status_from_sqlx`.
 ///
-///    and reports it to the `LivePool` with the request's tag. The response
-///    and the error are returned unchanged.
+///    and reports it to the `LivePool` with the request's tag. The error is
+///    returned unchanged, and so is the response, but for one thing: a
+///    response whose extensions carry a fatal or transient database error
+///    (a mark) leaves as `503 Service Unavailable` with `Retry-After: 1`
+///    (kept if it has one), whatever status the code that marked it chose.
+///    A middleware that swallows a database error into its own status (a
+///    session lookup answering 401 for every error) marks its response
+///    (`(StatusCode::UNAUTHORIZED, ErrorMark::from(&err)).into_response()`
+///    with the `axum` feature, or [`mark_response`](crate::mark_response)),
+///    keeps its signature, its state and its unit tests, and its clients
+///    are asked to retry instead of being logged out during a heal. The
+///    body is left as it is.
 ///
 /// # The heal runs beside the response
 ///
@@ -426,8 +436,8 @@ where
                     this.state.set(State::Calling { fut });
                 }
                 StateProj::Calling { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    inspect::<F, B, S::Error>(this.live, *this.generation, &result);
+                    let mut result = ready!(fut.poll(cx));
+                    inspect::<F, B, S::Error>(this.live, *this.generation, &mut result);
                     return Poll::Ready(result);
                 }
                 StateProj::Swapping => unreachable!("Swapping never outlives a poll"),
@@ -436,8 +446,10 @@ where
     }
 }
 
-/// Looks for a database error in a finished request and reports it.
-fn inspect<F, B, E>(live: &AnyLive, generation: u64, result: &Result<http::Response<B>, E>)
+/// Looks for a database error in a finished request and reports it; a
+/// response marked with a fatal or transient one leaves as 503 with
+/// `Retry-After`, whatever status the code that marked it chose.
+fn inspect<F, B, E>(live: &AnyLive, generation: u64, result: &mut Result<http::Response<B>, E>)
 where
     F: FindError<E>,
 {
@@ -453,6 +465,9 @@ where
                     marked.code,
                     &marked.message,
                 );
+                if marked.class != ErrorClass::Other {
+                    unavailable(response);
+                }
             } else if let Some(found) = tonic_status(extensions) {
                 report(
                     live,
@@ -477,6 +492,20 @@ where
             }
         }
     }
+}
+
+/// Makes a response whose database was unavailable say so: 503 and
+/// `Retry-After` (kept if the response has one). A middleware that turned
+/// the error into its own status (a session lookup answering 401) would
+/// otherwise send the client away, or log it out, during a heal.
+#[cold]
+fn unavailable<B>(response: &mut http::Response<B>) {
+    use http::header::{HeaderValue, RETRY_AFTER};
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
+        .entry(RETRY_AFTER)
+        .or_insert(HeaderValue::from_static("1"));
 }
 
 /// The database error behind a `tonic::Status` in the extensions (tonic puts

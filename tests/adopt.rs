@@ -36,8 +36,8 @@ fn state(pool: SqlitePool) -> AppState {
     }
 }
 
-/// The recipe: the app's handlers, its error enum and `/health` over real
-/// HTTP on the test's database.
+/// The recipe: the app's handlers, its error enum, its session middleware
+/// and the probes over real HTTP on the test's database.
 #[sqlx::test(migrations = "examples/adopt/migrations")]
 async fn the_app_serves_its_routes_on_a_fixed_pool(pool: SqlitePool) -> TestResult {
     let http = Http::new(serve(example::app(state(pool))).await?);
@@ -55,8 +55,159 @@ async fn the_app_serves_its_routes_on_a_fixed_pool(pool: SqlitePool) -> TestResu
         http.get("/notes").await?.body,
         r#"[{"body":"first","id":1}]"#
     );
-    let health = http.get("/health").await?;
-    assert_eq!(health.status, 200, "{health:?}");
+    // The session middleware, on the test's pool like every handler.
+    assert_eq!(http.get("/me").await?.status, 401, "no token");
+    let login = http.post("/login", "ann").await?;
+    assert_eq!(login.status, 200, "{login:?}");
+    let me = http
+        .get_with(
+            "/me",
+            &[("authorization", &format!("Bearer {}", login.body))],
+        )
+        .await?;
+    assert_eq!(
+        (me.status.as_u16(), me.body.as_str()),
+        (200, "ann"),
+        "{me:?}"
+    );
+    assert_eq!(
+        http.post("/login", " ").await?.status,
+        400,
+        "AuthError::EmptyName"
+    );
+    let ready = http.get("/readyz").await?;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(http.get("/livez").await?.status, 200);
+    Ok(())
+}
+
+/// The session middleware called on its own, as the app's unit tests call
+/// it: its state is still a plain `SqlitePool` (no `LivePool`, no layer),
+/// and a database error is still its 401, now carrying the mark.
+#[sqlx::test(migrations = "examples/adopt/migrations")]
+async fn the_session_middleware_runs_on_a_plain_pool(pool: SqlitePool) -> TestResult {
+    use tower::ServiceExt;
+    let router = |pool: SqlitePool| {
+        Router::new()
+            .route("/", axum::routing::get(|| async { "in" }))
+            .layer(axum::middleware::from_fn_with_state(
+                pool,
+                example::require_session,
+            ))
+    };
+    sqlx::query("INSERT INTO sessions(token, user) VALUES ('t1', 'ann')")
+        .execute(&pool)
+        .await?;
+    let request = |token: &str| {
+        http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+    };
+    let ok = router(pool.clone()).oneshot(request("t1")?).await?;
+    assert_eq!(ok.status(), 200);
+    let unknown = router(pool.clone()).oneshot(request("t2")?).await?;
+    assert_eq!(unknown.status(), 401);
+    // A database error (the pool is closed) is the middleware's own 401.
+    pool.close().await;
+    let failed = router(pool).oneshot(request("t1")?).await?;
+    assert_eq!(failed.status(), 401);
+    Ok(())
+}
+
+/// The fault the middleware used to turn into a logout: the database is
+/// restored by rename under the running app (DELETE journal, watchdog off).
+/// The session lookup's write on the old file fails with 1032 (fatal); the
+/// middleware answers 401 with the mark, the layer reports it, starts the
+/// heal and sends 503 with `Retry-After`, never 401; the retry is served
+/// from the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swallowed_session_error_is_503_during_a_heal() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let builder = LivePool::builder(db.options())
+        .pool_options(TestDb::pool_options())
+        .migrations(&example::MIGRATOR)
+        .watchdog_interval(None);
+    let (builder, mut exits) = Exits::install(builder);
+    let live = builder.open().await?;
+    let http = Http::new(
+        serve(example::app(AppState {
+            live: live.clone(),
+            limits: Limits { max_note_len: 64 },
+        }))
+        .await?,
+    );
+    let token = http.post("/login", "ann").await?.body;
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    assert_eq!(http.get_with("/me", &headers).await?.body, "ann");
+    warm(&live.pool()).await?;
+
+    // The backup: the same application's database, ann's session in it.
+    let backup = db.root.path().join("backup.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&backup)
+            .create_if_missing(true),
+    )
+    .await?;
+    example::MIGRATOR.run(&pool).await?;
+    sqlx::query("INSERT INTO sessions(token, user) VALUES (?, 'ann')")
+        .bind(&token)
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    std::fs::rename(&backup, &db.path)?;
+
+    let failed = http.get_with("/me", &headers).await?;
+    assert_eq!(failed.status, 503, "not the middleware's 401: {failed:?}");
+    assert_eq!(failed.headers["retry-after"], "1", "{failed:?}");
+    within("the heal", live.healed()).await?;
+    assert_eq!(live.generation(), 1, "{:?}", live.status());
+    let again = http.get_with("/me", &headers).await?;
+    assert_eq!(
+        (again.status.as_u16(), again.body.as_str()),
+        (200, "ann"),
+        "{again:?}"
+    );
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}
+
+/// A transient fault in the middleware: another process holds the write
+/// lock, the session lookup's write gets SQLITE_BUSY. 503 with
+/// `Retry-After` instead of 401, and nothing is healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_session_lookup_is_503_not_401() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let options = db
+        .options()
+        .busy_timeout(std::time::Duration::from_millis(50));
+    let builder = LivePool::builder(options.clone())
+        .pool_options(TestDb::pool_options())
+        .migrations(&example::MIGRATOR)
+        .watchdog_interval(None);
+    let (builder, mut exits) = Exits::install(builder);
+    let live = builder.open().await?;
+    let http = Http::new(
+        serve(example::app(AppState {
+            live: live.clone(),
+            limits: Limits { max_note_len: 64 },
+        }))
+        .await?,
+    );
+    let token = http.post("/login", "ann").await?.body;
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+
+    let lock = layer_support::WriteLock::take(options).await?;
+    let locked = http.get_with("/me", &headers).await?;
+    assert_eq!(locked.status, 503, "not the middleware's 401: {locked:?}");
+    assert_eq!(locked.headers["retry-after"], "1", "{locked:?}");
+    lock.release().await?;
+    assert_eq!(http.get_with("/me", &headers).await?.body, "ann");
+    assert_eq!(live.generation(), 0);
+    assert!(!live.is_healing());
+    assert_eq!(exits.count_now(), 0);
     Ok(())
 }
 
@@ -160,7 +311,11 @@ async fn a_restore_is_healed_with_migrations_and_served() -> TestResult {
         .fetch_one(&check)
         .await?;
     check.close().await;
-    assert_eq!(applied, 1, "the migrations are recorded once");
+    assert_eq!(
+        applied as usize,
+        example::MIGRATOR.iter().count(),
+        "the migrations are recorded once"
+    );
     assert_eq!(exits.count_now(), 0);
     Ok(())
 }
@@ -174,13 +329,13 @@ async fn the_example_rescues_and_exits_1_when_its_directory_is_deleted() -> Test
     let db_path = db.path.display().to_string();
     let mut example = Example::start_named("adopt", &["--db", &db_path]).await?;
     let http = Http::new(example.addr);
-    let mut acknowledged = 0;
+    let mut acknowledged = 1; // the app's seed
     for body in ["one", "two", "three"] {
         let created = http.post("/notes", body).await?;
         assert_eq!(created.status, 201, "{created:?}");
         acknowledged += 1;
     }
-    assert_eq!(http.get("/health").await?.status, 200);
+    assert_eq!(http.get("/readyz").await?.status, 200);
 
     db.rm_rf_dir()?;
     // WAL: a write into the unlinked file is acknowledged without an error,

@@ -467,6 +467,44 @@ impl LivePool<Sqlite> {
         }
     }
 
+    /// Starts building a `LivePool` around a pool your own code opened (a
+    /// pool function shared with a CLI, one that seeds or audits), reopening
+    /// with that pool's own connect options and pool options.
+    ///
+    /// What a reopen does: it opens the absolute path the pool was opened
+    /// with (a later `chdir` does not move it), with the same connect options
+    /// (journal mode, `busy_timeout`, pragmas, ...) and the same pool options
+    /// (sizes, timeouts, `after_connect` and the other hooks), and the
+    /// policy swaps it in only once it is verified to be the same file with
+    /// the same schema. What it does not do: create the file (whatever
+    /// `create_if_missing` your options say: a missing database is never
+    /// replaced by an empty one), or run the rest of your pool function
+    /// (seeding, auditing); migrations run on every reopen with
+    /// [`migrations`](LivePoolBuilder::migrations). For a reopen of your own,
+    /// use [`builder_with_pool`](Self::builder_with_pool).
+    ///
+    /// ```no_run
+    /// use sqlx::SqlitePool;
+    /// use tower_db_liveness::LivePool;
+    ///
+    /// # async fn app_pool() -> Result<SqlitePool, sqlx::Error> { SqlitePool::connect("app.db").await }
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let pool: SqlitePool = app_pool().await?; // the app's own function, unchanged
+    /// let live = LivePool::from_pool(pool).open().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_pool(pool: SqlitePool) -> LivePoolBuilder {
+        let mut connect = (*pool.connect_options()).clone();
+        if let Some(path) = configured_path(&connect) {
+            connect = connect.filename(path);
+        }
+        // A reopen reattaches the database that was open; it never creates one.
+        let connect = connect.create_if_missing(false);
+        let options = pool.options().clone();
+        LivePool::builder_with_pool(pool, move || options.clone().connect_with(connect.clone()))
+    }
+
     /// Connects with `options` and the default policy.
     pub async fn connect(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
         Self::builder(options).open().await

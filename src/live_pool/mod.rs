@@ -448,6 +448,36 @@ impl<DB: Backend> LivePool<DB> {
         }
     }
 
+    /// Resolves when `signal` does (the application's own shutdown: SIGTERM,
+    /// ctrl-c) or when the policy gives up, whichever comes first: one
+    /// future for a graceful shutdown that keeps the app's own signal.
+    ///
+    /// ```no_run
+    /// # async fn run(live: tower_db_liveness::LivePool, listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    /// let ctrl_c = async { let _ = tokio::signal::ctrl_c().await; };
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(live.shutdown_on(ctrl_c))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A server without a shutdown future (`axum-server` with TLS) drives
+    /// its handle from it: `tokio::spawn(async move {
+    /// live.shutdown_on(signal).await; handle.graceful_shutdown(Some(grace)) })`.
+    pub fn shutdown_on<F>(&self, signal: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let given_up = self.given_up();
+        async move {
+            tokio::select! {
+                () = given_up => {}
+                () = signal => {}
+            }
+        }
+    }
+
     /// The give-up, once the policy has given up.
     pub fn gave_up(&self) -> Option<GaveUp> {
         match &*self.inner.status.borrow() {

@@ -185,7 +185,12 @@ impl Http {
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply, BoxError> {
-        self.send(http::Method::GET, path, bytes::Bytes::new())
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, BoxError> {
+        self.send_with(http::Method::GET, path, bytes::Bytes::new(), headers)
             .await
     }
 
@@ -195,12 +200,25 @@ impl Http {
         path: &str,
         body: bytes::Bytes,
     ) -> Result<Reply, BoxError> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: bytes::Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, BoxError> {
         use http_body_util::BodyExt;
 
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
-            .body(http_body_util::Full::new(body))?;
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Full::new(body))?;
         let response = self.client.request(request).await?;
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await?.to_bytes();
