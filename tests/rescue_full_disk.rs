@@ -12,11 +12,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Exits, SmallDisk, TestDb, TestResult, bodies_in_file, create_table, insert, warm};
+use common::{
+    Exits, SmallDisk, TestDb, TestResult, bodies_in_file, create_table, fill, insert, warm,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{
     Check, Fault, FileFault, GiveUpReason, HealthService, LivePool, Outcome, PoolStatus,
@@ -25,37 +26,6 @@ use tower_db_liveness::{
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Writes `path` until the filesystem refuses with ENOSPC, and keeps it.
-/// Returns how many bytes it holds.
-fn fill(path: &Path) -> Result<u64, BoxError> {
-    let mut file = std::fs::File::create(path)?;
-    let mut written = 0u64;
-    // Large chunks, then smaller ones, down to a byte: the filesystem ends up
-    // with no room left for even one more block.
-    for chunk in [64 * 1024, 4096, 512, 1] {
-        let buf = vec![0xa5u8; chunk];
-        loop {
-            match file.write(&buf) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(err) => return Err(err.into()),
-            }
-        }
-    }
-    match file.sync_all() {
-        Ok(()) => {}
-        Err(err) if err.raw_os_error() == Some(28) => {}
-        Err(err) => return Err(err.into()),
-    }
-    // Proof that the disk is full now: not one more byte is taken.
-    let probe = file.write(&[0]);
-    if !matches!(&probe, Err(err) if err.raw_os_error() == Some(28)) {
-        return Err(format!("the filesystem is not full: one more byte gave {probe:?}").into());
-    }
-    Ok(written)
-}
 
 fn body(i: usize) -> String {
     format!("row {i:04} {}", "x".repeat(600))

@@ -285,6 +285,38 @@ pub async fn within<T>(
 /// A small real filesystem (a tmpfs; where mounting one is not permitted,
 /// a loop-mounted ext2 image), for full-disk faults. Tests fail, never
 /// skip, when neither can be mounted.
+/// Writes `path` until the filesystem refuses with ENOSPC, and keeps it.
+/// Returns how many bytes it holds.
+pub fn fill(path: &Path) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0u64;
+    // Large chunks, then smaller ones, down to a byte: the filesystem ends up
+    // with no room left for even one more block.
+    for chunk in [64 * 1024, 4096, 512, 1] {
+        let buf = vec![0xa5u8; chunk];
+        loop {
+            match file.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    match file.sync_all() {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(28) => {}
+        Err(err) => return Err(err.into()),
+    }
+    // Proof that the disk is full now: not one more byte is taken.
+    let probe = file.write(&[0]);
+    if !matches!(&probe, Err(err) if err.raw_os_error() == Some(28)) {
+        return Err(format!("the filesystem is not full: one more byte gave {probe:?}").into());
+    }
+    Ok(written)
+}
+
 /// A small filesystem mounted on a temporary directory, unmounted on drop.
 pub struct SmallDisk {
     mount_point: PathBuf,
