@@ -25,6 +25,8 @@
 
 #[path = "../tests/pg_cluster/mod.rs"]
 mod pg_cluster;
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 #[path = "support/timeline.rs"]
 mod timeline;
 
@@ -33,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pg_cluster::Cluster;
+use pg_support::admin;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use timeline::Timeline;
@@ -58,16 +61,6 @@ struct Round {
     failed_after_repoint: usize,
     gave_up: usize,
     healed: usize,
-}
-
-async fn admin<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    op: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || op(&cluster))
-        .await
-        .expect("the cluster operation panicked")
 }
 
 async fn round(n: usize, pool: u32) -> Round {

@@ -16,7 +16,7 @@ use axum::Router;
 use common::{Exits, TestDb, TestResult, count_in_file, warm, within};
 use example::{AppState, Limits};
 use example_support::Example;
-use layer_support::Http;
+use layer_support::{BoxError, Http};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{LivePool, PoolStatus};
@@ -26,6 +26,42 @@ async fn serve(router: Router) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });
     Ok(addr)
+}
+
+/// The app on a full `LivePool` over `options` (its migrations, no
+/// watchdog, the exit injected), served on 127.0.0.1.
+async fn open_app(options: SqliteConnectOptions) -> Result<(LivePool, Http, Exits), BoxError> {
+    let builder = LivePool::builder(options)
+        .pool_options(TestDb::pool_options())
+        .migrations(&example::MIGRATOR)
+        .watchdog_interval(None);
+    let (builder, exits) = Exits::install(builder);
+    let live = builder.open().await?;
+    let http = Http::new(
+        serve(example::app(AppState {
+            live: live.clone(),
+            limits: Limits { max_note_len: 64 },
+        }))
+        .await?,
+    );
+    Ok((live, http, exits))
+}
+
+/// A backup of the same application's database (its migrations applied,
+/// then `seed` with `bind`), renamed over `db`'s file: a restore by rename.
+async fn restore_by_rename(db: &TestDb, seed: &'static str, bind: &str) -> Result<(), BoxError> {
+    let backup = db.root.path().join("backup.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&backup)
+            .create_if_missing(true),
+    )
+    .await?;
+    example::MIGRATOR.run(&pool).await?;
+    sqlx::query(seed).bind(bind.to_owned()).execute(&pool).await?;
+    pool.close().await;
+    std::fs::rename(&backup, &db.path)?;
+    Ok(())
 }
 
 /// The synchronous test helper of the recipe: no `.await`, no runtime needed.
@@ -123,19 +159,7 @@ async fn the_session_middleware_runs_on_a_plain_pool(pool: SqlitePool) -> TestRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swallowed_session_error_is_503_during_a_heal() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let builder = LivePool::builder(db.options())
-        .pool_options(TestDb::pool_options())
-        .migrations(&example::MIGRATOR)
-        .watchdog_interval(None);
-    let (builder, mut exits) = Exits::install(builder);
-    let live = builder.open().await?;
-    let http = Http::new(
-        serve(example::app(AppState {
-            live: live.clone(),
-            limits: Limits { max_note_len: 64 },
-        }))
-        .await?,
-    );
+    let (live, http, mut exits) = open_app(db.options()).await?;
     let token = http.post("/login", "ann").await?.body;
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str())];
@@ -143,20 +167,12 @@ async fn a_swallowed_session_error_is_503_during_a_heal() -> TestResult {
     warm(&live.pool()).await?;
 
     // The backup: the same application's database, ann's session in it.
-    let backup = db.root.path().join("backup.db");
-    let pool = SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(&backup)
-            .create_if_missing(true),
+    restore_by_rename(
+        &db,
+        "INSERT INTO sessions(token, user) VALUES (?, 'ann')",
+        &token,
     )
     .await?;
-    example::MIGRATOR.run(&pool).await?;
-    sqlx::query("INSERT INTO sessions(token, user) VALUES (?, 'ann')")
-        .bind(&token)
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    std::fs::rename(&backup, &db.path)?;
 
     let failed = http.get_with("/me", &headers).await?;
     assert_eq!(failed.status, 503, "not the middleware's 401: {failed:?}");
@@ -182,19 +198,7 @@ async fn a_locked_session_lookup_is_503_not_401() -> TestResult {
     let options = db
         .options()
         .busy_timeout(std::time::Duration::from_millis(50));
-    let builder = LivePool::builder(options.clone())
-        .pool_options(TestDb::pool_options())
-        .migrations(&example::MIGRATOR)
-        .watchdog_interval(None);
-    let (builder, mut exits) = Exits::install(builder);
-    let live = builder.open().await?;
-    let http = Http::new(
-        serve(example::app(AppState {
-            live: live.clone(),
-            limits: Limits { max_note_len: 64 },
-        }))
-        .await?,
-    );
+    let (live, http, mut exits) = open_app(options.clone()).await?;
     let token = http.post("/login", "ann").await?.body;
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str())];
@@ -264,36 +268,12 @@ async fn a_deleted_test_database_is_never_healed(pool: SqlitePool) -> TestResult
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_is_healed_with_migrations_and_served() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Delete)?;
-    let builder = LivePool::builder(db.options())
-        .pool_options(TestDb::pool_options())
-        .migrations(&example::MIGRATOR)
-        .watchdog_interval(None);
-    let (builder, mut exits) = Exits::install(builder);
-    let live = builder.open().await?;
-    let http = Http::new(
-        serve(example::app(AppState {
-            live: live.clone(),
-            limits: Limits { max_note_len: 64 },
-        }))
-        .await?,
-    );
+    let (live, http, mut exits) = open_app(db.options()).await?;
     assert_eq!(http.post("/notes", "before").await?.status, 201);
     warm(&live.pool()).await?;
 
     // The backup: the same application's database (its migrations applied).
-    let backup = db.root.path().join("backup.db");
-    let pool = SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(&backup)
-            .create_if_missing(true),
-    )
-    .await?;
-    example::MIGRATOR.run(&pool).await?;
-    sqlx::query("INSERT INTO notes(body) VALUES ('from the backup')")
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    std::fs::rename(&backup, &db.path)?;
+    restore_by_rename(&db, "INSERT INTO notes(body) VALUES (?)", "from the backup").await?;
 
     let failed = http.post("/notes", "lost").await?;
     assert_eq!(failed.status, 503, "{failed:?}");
