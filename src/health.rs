@@ -99,6 +99,16 @@
 //! A hung file identity check is not reported to the policy: a hung mount
 //! is not a proven dead file, and a reopen would hang on it too.
 //!
+//! `read_only` on SQLite ends when `access(2)` says the file and its
+//! directory can be written again (the watchdog and the probe check it);
+//! writes on connections that were open all along resume at once. A
+//! connection SQLite *opened* while the file itself could not be written is
+//! read-only for its whole life (SQLite falls back to a read-only open
+//! silently), so its writes keep failing (503, and `read_only` again) until
+//! the pool retires it: with `max_lifetime` or `idle_timeout` set, that is
+//! their bound. A directory that cannot be written (a DELETE-mode journal
+//! cannot be created) leaves no such connection behind.
+//!
 //! # Body
 //!
 //! `application/health+json` after the IETF draft
