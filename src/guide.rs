@@ -109,8 +109,14 @@
 //! # }
 //! ```
 //!
-//! Each wrapper must return its inner error from `source()` (`thiserror`'s
-//! `#[from]` and `#[source]` do; a hand-written `Error` impl may not). A
+//! Each wrapper must return its inner error from `source()`: `thiserror`'s
+//! `#[from]` and `#[source]` do, but not on a variant marked
+//! `#[error(transparent)]`, whose `source()` is the *inner* error's source:
+//! the `sqlx::Error` itself is skipped, and with it `PoolClosed` and
+//! `PoolTimedOut` (a database error's own `SqliteError` is still found).
+//! Give the database variant a message of its own instead
+//! (`#[error("database error")] Db(#[from] sqlx::Error)`), and check a
+//! hand-written `Error` impl. A
 //! wrapper that is not a `std::error::Error` (a boxed trait object of the
 //! app's own trait) needs a method that hands over what it wraps, and
 //! `ErrorMark::find(inner)` on that. To find every type that wraps a
