@@ -204,7 +204,11 @@ impl<DB: Sealed> Inner<DB> {
             _ => false,
         });
         if entered {
-            tracing::warn!(generation, reason, "the database does not take writes: serving reads, answering writes 503 until it does");
+            tracing::warn!(
+                generation,
+                reason,
+                "the database does not take writes: serving reads, answering writes 503 until it does"
+            );
         }
         entered
     }
