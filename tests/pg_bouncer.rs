@@ -9,14 +9,11 @@
 mod pg_cluster;
 mod pg_support;
 
-use pg_support::{
-    BOUND, TestResult, admin, cluster, create_table, exits, get_health, wait_for_status,
-};
+use pg_support::{BOUND, TestResult, admin, cluster, exits, get_health, wait_for_status};
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use pg_cluster::{Cluster, PoolMode};
+use pg_cluster::PoolMode;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Postgres, Row};
 use tower_db_liveness::{ErrorClass, HealthService, LivePool, Outcome, PoolStatus};
@@ -28,7 +25,6 @@ fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 }
 
 async fn open(
-    cluster: &Arc<Cluster>,
     url: &str,
 ) -> Result<
     (
@@ -37,7 +33,6 @@ async fn open(
     ),
     sqlx::Error,
 > {
-    let _ = cluster;
     let (on_give_up, gave_up) = exits();
     let live = LivePool::postgres(options(url)?)
         .pool_options(PgPoolOptions::new().max_connections(4))
@@ -63,7 +58,7 @@ fn sqlstate(err: &sqlx::Error) -> Option<String> {
 async fn works_through(mode: PoolMode) -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, move |c| c.pgbouncer(mode)).await?;
-    let (live, mut gave_up) = open(&cluster, &bouncer.url()).await?;
+    let (live, mut gave_up) = open(&bouncer.url()).await?;
     let health = HealthService::new(live.clone());
     for _ in 0..10 {
         let (status, body) = get_health(&health).await?;
@@ -118,7 +113,7 @@ async fn the_probe_check_and_confirmation_work_through_pgbouncer_in_transaction_
 async fn read_only_through(mode: PoolMode) -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, move |c| c.pgbouncer(mode)).await?;
-    let (live, mut gave_up) = open(&cluster, &bouncer.url()).await?;
+    let (live, mut gave_up) = open(&bouncer.url()).await?;
     let health = HealthService::new(live.clone());
     admin(&cluster, |c| c.set_read_only(true)).await?;
     let lease = live.lease();
@@ -179,7 +174,7 @@ async fn discard_through(url: &str) -> TestResult {
     } else {
         url.to_owned()
     };
-    let (live, mut gave_up) = open(&cluster, &url).await?;
+    let (live, mut gave_up) = open(&url).await?;
     let health = HealthService::new(live.clone());
     // The crate's queries have run on these connections (the gate, the probe).
     for _ in 0..3 {
@@ -231,7 +226,7 @@ async fn deallocate_all_and_discard_all_never_fail_health_through_pgbouncer() ->
 async fn application_queries_through_pgbouncer_in_transaction_mode() -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, |c| c.pgbouncer(PoolMode::Transaction)).await?;
-    let (live, _gave_up) = open(&cluster, &bouncer.url()).await?;
+    let (live, _gave_up) = open(&bouncer.url()).await?;
     for persistent in [true, false] {
         let tasks: Vec<_> = (0..4)
             .map(|_| {

@@ -157,20 +157,23 @@ async fn an_exhausted_pool_on_a_healthy_server_never_answers_fail() -> TestResul
     let health = HealthService::new(live.clone());
     let (_, body) = get_health(&health).await?;
     assert_eq!(body["status"], "pass", "{body}");
-    // Two slow queries hold the whole pool.
+    // Two slow queries hold the whole pool; each task says when it holds
+    // its connection.
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
     let busy: Vec<_> = (0..2)
         .map(|_| {
-            let pool = live.pool();
-            tokio::spawn(async move { sqlx::query("SELECT pg_sleep(20)").execute(&pool).await })
+            let (pool, held_tx) = (live.pool(), held_tx.clone());
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let _ = held_tx.send(());
+                sqlx::query("SELECT pg_sleep(20)").execute(&mut *conn).await
+            })
         })
         .collect();
-    tokio::time::timeout(BOUND, async {
-        while live.pool().num_idle() > 0 || live.pool().size() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        tokio::time::timeout(BOUND, held.recv()).await?;
+    }
+    assert_eq!(live.pool().num_idle(), 0, "the pool is exhausted");
     let mut answers = Vec::new();
     for _ in 0..4 {
         let (_, body) = get_health(&health).await?;
