@@ -25,7 +25,8 @@ fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 }
 
 async fn open(
-    url: &str,
+    options: PgConnectOptions,
+    max_connections: u32,
 ) -> Result<
     (
         LivePool<Postgres>,
@@ -34,8 +35,8 @@ async fn open(
     sqlx::Error,
 > {
     let (on_give_up, gave_up) = exits();
-    let live = LivePool::postgres(options(url)?)
-        .pool_options(PgPoolOptions::new().max_connections(4))
+    let live = LivePool::postgres(options)
+        .pool_options(PgPoolOptions::new().max_connections(max_connections))
         .on_give_up(on_give_up)
         .open()
         .await?;
@@ -58,7 +59,7 @@ fn sqlstate(err: &sqlx::Error) -> Option<String> {
 async fn works_through(mode: PoolMode) -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, move |c| c.pgbouncer(mode)).await?;
-    let (live, mut gave_up) = open(&bouncer.url()).await?;
+    let (live, mut gave_up) = open(options(&bouncer.url())?, 4).await?;
     let health = HealthService::new(live.clone());
     for _ in 0..10 {
         let (status, body) = get_health(&health).await?;
@@ -113,7 +114,7 @@ async fn the_probe_check_and_confirmation_work_through_pgbouncer_in_transaction_
 async fn read_only_through(mode: PoolMode) -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, move |c| c.pgbouncer(mode)).await?;
-    let (live, mut gave_up) = open(&bouncer.url()).await?;
+    let (live, mut gave_up) = open(options(&bouncer.url())?, 4).await?;
     let health = HealthService::new(live.clone());
     admin(&cluster, |c| c.set_read_only(true)).await?;
     let lease = live.lease();
@@ -162,19 +163,19 @@ async fn a_read_only_primary_through_pgbouncer_in_transaction_mode_is_degraded()
     read_only_through(PoolMode::Transaction).await
 }
 
-/// `DEALLOCATE ALL` and `DISCARD ALL` on every server session of the pool
-/// (a handler's, or PgBouncer's `server_reset_query`) drop every named
-/// prepared statement. The old probe and check were sqlx prepared
+/// `DEALLOCATE ALL` and `DISCARD ALL` on the pool's server session (a
+/// handler's, or PgBouncer's `server_reset_query`) drop every named
+/// prepared statement, behind sqlx's back. The old probe and check were sqlx prepared
 /// statements, cached per connection: after that, `26000 prepared statement
 /// does not exist`, an `Other` error, and `/health` answered 503.
-async fn discard_through(url: &str) -> TestResult {
-    let cluster = cluster();
-    let url = if url.is_empty() {
-        cluster.url()
-    } else {
-        url.to_owned()
+async fn discard_through(url: &str, mode: Option<PoolMode>) -> TestResult {
+    // sqlx's statement cache on (its default), except where it must be off:
+    // the old check's cached statements were what a DEALLOCATE broke.
+    let connect = match mode {
+        Some(PoolMode::Transaction) => options(url)?,
+        _ => url.parse::<PgConnectOptions>()?,
     };
-    let (live, mut gave_up) = open(&url).await?;
+    let (live, mut gave_up) = open(connect, 1).await?;
     let health = HealthService::new(live.clone());
     // The crate's queries have run on these connections (the gate, the probe).
     for _ in 0..3 {
@@ -182,15 +183,15 @@ async fn discard_through(url: &str) -> TestResult {
         assert_eq!(status, 200, "{body}");
     }
     for statement in ["DEALLOCATE ALL", "DISCARD ALL"] {
-        let pool = live.pool();
-        let mut held = Vec::new();
-        while let Some(conn) = pool.try_acquire() {
-            held.push(conn);
-        }
-        for conn in &mut held {
-            sqlx::raw_sql(statement).execute(&mut **conn).await?;
-        }
-        drop(held);
+        // The pool's only connection (acquire waits for its release: a
+        // `try_acquire` right after a probe may find it still being returned).
+        let mut conn = live.pool().acquire().await?;
+        sqlx::raw_sql(statement).execute(&mut *conn).await?;
+        let left = sqlx::raw_sql("SELECT count(*) FROM pg_prepared_statements")
+            .fetch_one(&mut *conn)
+            .await?;
+        assert_eq!(left.try_get::<i64, _>(0)?, 0, "{statement} ran");
+        drop(conn);
         for _ in 0..5 {
             let (status, body) = get_health(&health).await?;
             assert_eq!(status, 200, "after {statement}: {body}");
@@ -203,7 +204,8 @@ async fn discard_through(url: &str) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deallocate_all_and_discard_all_never_fail_health_directly() -> TestResult {
-    discard_through("").await
+    let cluster = cluster();
+    discard_through(&cluster.url(), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +213,7 @@ async fn deallocate_all_and_discard_all_never_fail_health_through_pgbouncer() ->
     for mode in [PoolMode::Session, PoolMode::Transaction] {
         let cluster = cluster();
         let bouncer = admin(&cluster, move |c| c.pgbouncer(mode)).await?;
-        discard_through(&bouncer.url()).await?;
+        discard_through(&bouncer.url(), Some(mode)).await?;
         drop(bouncer);
     }
     Ok(())
@@ -226,7 +228,7 @@ async fn deallocate_all_and_discard_all_never_fail_health_through_pgbouncer() ->
 async fn application_queries_through_pgbouncer_in_transaction_mode() -> TestResult {
     let cluster = cluster();
     let bouncer = admin(&cluster, |c| c.pgbouncer(PoolMode::Transaction)).await?;
-    let (live, _gave_up) = open(&bouncer.url()).await?;
+    let (live, _gave_up) = open(options(&bouncer.url())?, 4).await?;
     for persistent in [true, false] {
         let tasks: Vec<_> = (0..4)
             .map(|_| {
