@@ -246,7 +246,7 @@
 //! track those, and a transaction-mode client's next statement may run on
 //! another server connection. Measured through PgBouncer 1.18, four writers,
 //! 800 `INSERT … VALUES ($1)`: with
-//! `PgConnectOptions::statement_cache_capacity(0)` alone, 370 failed
+//! `PgConnectOptions::statement_cache_capacity(0)` alone, 370–420 failed (two runs)
 //! (`42P05` prepared statement already exists, `26000` does not exist): a
 //! capacity of 0 turns off the cache, not the names. With
 //! `.persistent(false)` on the query (an unnamed statement) as well, 0
