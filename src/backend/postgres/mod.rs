@@ -187,9 +187,11 @@ fn confirmation(
         .confirming
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    // Joined while it runs: no outcome yet, and its task still alive.
     if let Some(running) = slot.as_ref()
         && running.generation == generation
         && running.done.borrow().is_none()
+        && running.done.has_changed().is_ok()
     {
         return running.done.clone();
     }
