@@ -90,7 +90,7 @@
 //!   unjittered loop) and jittered exponential back-off: 25 ms doubling to
 //!   a cap of 0.5 s, each pause drawn from `[cap/2, cap]`, so the first
 //!   attempt after the endpoint moves comes within half a second (measured:
-//!   0.45–0.55 s, healed 0.01–0.03 s later) and a fleet does not reach the
+//!   0.40–0.55 s in three runs, healed 0.01–0.04 s later) and a fleet does not reach the
 //!   new primary in one burst; a `53300` (too many connections) raises the
 //!   cap to 5 s while it lasts. Then a new checked pool is built, verified
 //!   and swapped in; the layer holds requests meanwhile (bounded, as for
@@ -246,7 +246,7 @@
 //! track those, and a transaction-mode client's next statement may run on
 //! another server connection. Measured through PgBouncer 1.18, four writers,
 //! 800 `INSERT … VALUES ($1)`: with
-//! `PgConnectOptions::statement_cache_capacity(0)` alone, 370–420 failed (two runs)
+//! `PgConnectOptions::statement_cache_capacity(0)` alone, 370–420 failed (three runs)
 //! (`42P05` prepared statement already exists, `26000` does not exist): a
 //! capacity of 0 turns off the cache, not the names. With
 //! `.persistent(false)` on the query (an unnamed statement) as well, 0
