@@ -8,7 +8,9 @@
 //! What must hold: every 201 is a note stored on the new primary; nothing is
 //! acknowledged while the proxy leads to the demoted node; `/health` never
 //! says `pass` then; after the repoint the service heals in place (no exit,
-//! generation 1) and writes succeed again.
+//! generation 1) and writes succeed again. Then two faults through the
+//! example's `/livez` and `/readyz`: a 40 s wait for a primary, and 20 s of
+//! a primary read-only in place.
 
 mod common;
 mod example_support;
@@ -231,6 +233,134 @@ async fn a_switchover_heals_in_place_and_every_201_is_on_the_new_primary() -> Te
         1,
         "{log}"
     );
+    example.terminate().await?;
+    let status = example.wait().await?;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", example.log());
+    Ok(())
+}
+
+/// `state` of a `/livez` or `/readyz` JSON body.
+fn state_of(reply: &Reply) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let value: serde_json::Value = serde_json::from_str(&reply.body)?;
+    Ok(value["state"].as_str().ok_or("no state")?.to_owned())
+}
+
+/// Through the example binary: the proxy left on the demoted node for 40 s
+/// (a slow orchestrator). With the default reopen timeout the wait has no
+/// deadline: `/livez` stays 200 (a restart would wait the same way),
+/// `/readyz` 503 for the whole wait, no exit; after the repoint a 201
+/// arrives (the time to it is printed, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forty_second_wait_for_a_primary_is_not_live_failing_and_ends_in_a_201() -> TestResult {
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
+    let mut example = Example::start(&["--db", &cluster.url()]).await?;
+    let http = Arc::new(Http::new(example.addr));
+    let reply = http.post("/notes", "before").await?;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let new_primary = admin(&cluster, Cluster::switchover).await?;
+    // A write reaches the demoted node (its new connection is refused).
+    let reply = http.post("/notes", "pinned").await?;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    example.logged("reopening the pool once").await?;
+    let waiting = Instant::now();
+    let mut states = Vec::new();
+    while waiting.elapsed() < Duration::from_secs(40) {
+        let live = http.get("/livez").await?;
+        assert_eq!(live.status, 200, "/livez while waiting: {live:?}");
+        let ready = http.get("/readyz").await?;
+        assert_eq!(ready.status, 503, "/readyz while waiting: {ready:?}");
+        let state = state_of(&ready)?;
+        if states.last() != Some(&state) {
+            states.push(state);
+        }
+        // Pacing of the samples across the 40 s fault, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("awaiting_primary"),
+        "{states:?}"
+    );
+    assert!(!example.log().contains("exiting so the supervisor restarts"));
+    cluster.repoint(new_primary);
+    let repointed = Instant::now();
+    let first_201 = within("a 201 after the repoint", async {
+        loop {
+            let reply = http.post("/notes", "after").await?;
+            if reply.status == 201 {
+                return Ok::<_, layer_support::BoxError>(repointed.elapsed());
+            }
+            // Pacing of the retries, as a client's would be.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    eprintln!(
+        "waited {:?} for a primary (/readyz states {states:?}); first 201 {first_201:?} after the repoint",
+        repointed - waiting
+    );
+    let ready = http.get("/readyz").await?;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert!(!example.log().contains("exiting so the supervisor restarts"));
+    example.terminate().await?;
+    let status = example.wait().await?;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", example.log());
+    Ok(())
+}
+
+/// Through the example binary: the primary read-only in place for 20 s.
+/// Reads 200, writes 503 with `Retry-After`, `/readyz` 200 `read_only`,
+/// `/livez` 200, no heal, no exit; writes 201 again after the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_seconds_read_only_in_place_serve_reads_and_refuse_writes() -> TestResult {
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
+    let mut example = Example::start(&["--db", &cluster.url()]).await?;
+    let http = Arc::new(Http::new(example.addr));
+    let reply = http.post("/notes", "before").await?;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    admin(&cluster, |c| c.set_read_only(true)).await?;
+    let started = Instant::now();
+    let mut ready_states = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let read = http.get("/notes").await?;
+        assert_eq!(read.status, 200, "a read while read-only: {read:?}");
+        let write = http.post("/notes", "refused").await?;
+        assert_eq!(write.status, 503, "a write while read-only: {write:?}");
+        assert!(write.headers.contains_key("retry-after"), "{write:?}");
+        let live = http.get("/livez").await?;
+        assert_eq!(live.status, 200, "{live:?}");
+        let ready = http.get("/readyz").await?;
+        assert_eq!(ready.status, 200, "/readyz while read-only: {ready:?}");
+        let state = state_of(&ready)?;
+        if ready_states.last() != Some(&state) {
+            ready_states.push(state);
+        }
+        // Pacing of the samples across the 20 s fault, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ready_states.last().map(String::as_str),
+        Some("read_only"),
+        "{ready_states:?}"
+    );
+    admin(&cluster, |c| c.set_read_only(false)).await?;
+    let reset = Instant::now();
+    within("a 201 after the reset", async {
+        loop {
+            if http.post("/notes", "after").await?.status == 201 {
+                return Ok::<_, layer_support::BoxError>(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    eprintln!(
+        "/readyz states {ready_states:?}; writes back {:?} after the reset",
+        reset.elapsed()
+    );
+    let log = example.log();
+    assert!(!log.contains("reopening the pool once"), "no heal: {log}");
+    assert!(!log.contains("exiting so the supervisor restarts"), "{log}");
     example.terminate().await?;
     let status = example.wait().await?;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", example.log());

@@ -1,7 +1,7 @@
 //! `LivePool<Postgres>` against a real primary, a streaming hot standby and a
 //! TCP proxy standing in for the Service/VIP (`tests/pg_cluster`): the
 //! switchover that pins a plain pool to the demoted primary, a primary made
-//! read-only in place, a black-holed node, the transient SQLSTATEs, and a
+//! read-only in place (degraded, kept), a black-holed node, the transient SQLSTATEs, and a
 //! pool built while the proxy still points at the demoted node.
 //!
 //! Needs the PostgreSQL server binaries (`.ci/run` installs them); without
@@ -231,10 +231,11 @@ async fn a_switchover_heals_a_pool_of_two() -> TestResult {
 
 /// A primary turned read-only in place (`default_transaction_read_only`):
 /// `pg_is_in_recovery()` is false, and no write needs to fail for the
-/// background check to find it. The heal waits for the server to take
-/// writes again and swaps in a new pool.
+/// background check to find it. Degraded, not dead: the pool is kept and
+/// marked read-only, `/health` never fails, and the state clears by itself
+/// once the server takes writes again (no heal, generation 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_turned_read_only_is_found_without_a_write_and_healed() -> TestResult {
+async fn a_primary_turned_read_only_is_found_without_a_write_and_kept() -> TestResult {
     let cluster = cluster();
     let (on_give_up, mut gave_up) = exits();
     let live = open(&cluster, 4, on_give_up).await?;
@@ -244,25 +245,19 @@ async fn a_primary_turned_read_only_is_found_without_a_write_and_healed() -> Tes
         !matches!(s, PoolStatus::Live { generation: 0, .. })
     })
     .await;
-    let (PoolStatus::Healing { fault, .. } | PoolStatus::AwaitingPrimary { fault, .. }) = found
+    let PoolStatus::ReadOnly {
+        generation: 0,
+        reason,
+    } = found
     else {
-        panic!("expected a heal in flight, got {found:?}");
+        panic!("expected the pool marked read-only, got {found:?}");
     };
-    assert!(
-        fault.to_string().contains("transaction_read_only"),
-        "{fault}"
-    );
-    // Meanwhile, with no server that takes writes, /health fails.
-    wait_for_status(&live, "the wait for a writable primary", |s| {
-        matches!(s, PoolStatus::AwaitingPrimary { .. })
-    })
-    .await;
+    assert!(reason.contains("default_transaction_read_only"), "{reason}");
     let (status, body) = get_health(&health).await?;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["status"], "fail", "{body}");
+    assert_ne!(status, 503, "{body}");
     admin(&cluster, |c| c.set_read_only(false)).await?;
-    wait_for_status(&live, "the heal", |s| {
-        matches!(s, PoolStatus::Live { generation: 1, .. })
+    wait_for_status(&live, "Live again", |s| {
+        matches!(s, PoolStatus::Live { generation: 0, .. })
     })
     .await;
     sqlx::query("INSERT INTO t (v) VALUES ('after')")
@@ -270,16 +265,19 @@ async fn a_primary_turned_read_only_is_found_without_a_write_and_healed() -> Tes
         .await?;
     let (status, body) = get_health(&health).await?;
     assert_eq!(body["status"], "pass", "{status} {body}");
+    assert_eq!(live.generation(), 0, "no heal");
     assert!(gave_up.try_recv().is_err());
     Ok(())
 }
 
-/// The probe alone (no background check): a read-only server is `fail`,
-/// never `pass`, and the probe's finding starts the heal.
+/// The probe alone (no background check): a server in recovery (the
+/// demoted primary, the proxy still leading to it) is never `pass`; the
+/// probe's finding starts the heal, `/health` fails while it waits for a
+/// primary, and passes once healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_fails_on_a_read_only_server_and_starts_the_heal() -> TestResult {
+async fn health_fails_on_a_server_in_recovery_and_starts_the_heal() -> TestResult {
     let cluster = cluster();
-    let (on_give_up, _gave_up) = exits();
+    let (on_give_up, mut gave_up) = exits();
     let live = LivePool::postgres(cluster.url().parse()?)
         .check_interval(None)
         .on_give_up(on_give_up)
@@ -289,21 +287,33 @@ async fn health_fails_on_a_read_only_server_and_starts_the_heal() -> TestResult 
     let (_, body) = get_health(&health).await?;
     assert_eq!(body["status"], "pass", "{body}");
     assert!(body["checks"]["postgres:responseTime"].is_array(), "{body}");
-    admin(&cluster, |c| c.set_read_only(true)).await?;
+    let new_primary = admin(&cluster, |c| c.switchover()).await?;
+    let (status, body) = get_health(&health).await?;
+    assert_ne!(body["status"], "pass", "{status} {body}");
+    assert!(
+        !matches!(live.status(), PoolStatus::Live { generation: 0, .. }),
+        "the probe's finding started the heal: {:?}",
+        live.status()
+    );
+    wait_for_status(&live, "the wait for a primary", |s| {
+        matches!(s, PoolStatus::AwaitingPrimary { .. })
+    })
+    .await;
     let (status, body) = get_health(&health).await?;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["status"], "fail", "{body}");
-    assert!(live.is_healing(), "the probe's finding started the heal");
-    admin(&cluster, |c| c.set_read_only(false)).await?;
+    admin(&cluster, move |c| c.repoint(new_primary)).await;
     wait_for_status(&live, "the heal", |s| {
         matches!(s, PoolStatus::Live { generation: 1, .. })
     })
     .await;
+    let (status, body) = get_health(&health).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(gave_up.try_recv().is_err());
     Ok(())
 }
 
-/// No writable primary within the reopen timeout: give up (the exit action
-/// runs once) with what was found.
+/// A deadline the user sets, and no primary by then (the proxy left on the
+/// demoted node): give up (the exit action runs once) with what was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_writable_primary_by_the_deadline_gives_up() -> TestResult {
     let cluster = cluster();
@@ -313,7 +323,10 @@ async fn no_writable_primary_by_the_deadline_gives_up() -> TestResult {
         .on_give_up(on_give_up)
         .open()
         .await?;
-    admin(&cluster, |c| c.set_read_only(true)).await?;
+    admin(&cluster, |c| c.switchover()).await?;
+    // Something uses the pool: its new connection reaches the demoted node.
+    let pool = live.pool();
+    tokio::spawn(async move { sqlx::query("SELECT 1").execute(&pool).await });
     let gave = tokio::time::timeout(BOUND, gave_up.recv())
         .await?
         .expect("the exit action ran");

@@ -21,21 +21,18 @@ use sqlx::{Connection, PgConnection, Postgres};
 use tower_db_liveness::{ErrorClass, Expect, HealthService, LivePool, Outcome, PoolStatus};
 
 // ---------------------------------------------------------------------------
-// FINDING candidate: a saturated pool on a server turned read-only in place.
-//
-// Every write fails with 25006. The crate confirms a 25006 with the
-// writability query run *through the same pool* (`confirm`: pool.acquire()
-// bounded by 2 s); on a pool whose connections are all busy the confirm
-// cannot get a connection within 2 s and the 25006 is "not fatal". The
-// background check only uses an idle connection (none), the gate only runs
-// on new connections (none are opened). So the pool stays on a server that
-// does not take writes, every write failing, for as long as the load lasts.
-// Guarantee at stake: never pinned to a non-writable node.
+// A saturated pool on a primary turned read-only in place: degraded, not
+// dead. Every write fails with 25006; the confirmation cannot get an idle
+// connection (10 handlers on a pool of 2) and asks on one direct
+// connection; the pool is marked read-only (no heal, no exit, generation
+// 0), and Live again once the server takes writes, busy pool or not (the
+// background check asks on a direct connection while read-only). The old
+// test passed on a give-up: any status other than Live counted as "found".
 // ---------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_saturated_pool_on_a_read_only_primary_is_healed() -> TestResult {
+async fn a_saturated_pool_on_a_read_only_primary_is_marked_read_only_not_healed() -> TestResult {
     let cluster = cluster();
-    let (on_give_up, _gave_up) = exits();
+    let (on_give_up, mut gave_up) = exits();
     let live = LivePool::postgres(cluster.url().parse()?)
         .pool_options(
             PgPoolOptions::new()
@@ -48,17 +45,25 @@ async fn a_saturated_pool_on_a_read_only_primary_is_healed() -> TestResult {
     create_table(&live).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let read_only = Arc::new(AtomicU64::new(0));
+    // Successful writes so far: the signal that the load runs.
+    let (wrote_tx, mut wrote) = tokio::sync::watch::channel(0u64);
+    let wrote_tx = Arc::new(wrote_tx);
     // Handlers that read (slowly) and then write, in one transaction, as a
     // reporting endpoint would; 10 of them on a pool of 2.
     let tasks: Vec<_> = (0..10)
         .map(|_| {
-            let (live, stop, read_only) = (live.clone(), Arc::clone(&stop), Arc::clone(&read_only));
+            let (live, stop, read_only, wrote_tx) = (
+                live.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&read_only),
+                Arc::clone(&wrote_tx),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let lease = live.lease();
                     let result = async {
                         let mut tx = lease.pool().begin().await?;
-                        sqlx::query("SELECT pg_sleep(0.5)")
+                        sqlx::query("SELECT pg_sleep(0.2)")
                             .execute(&mut *tx)
                             .await?;
                         sqlx::query("INSERT INTO t (v) VALUES ('w')")
@@ -67,45 +72,63 @@ async fn a_saturated_pool_on_a_read_only_primary_is_healed() -> TestResult {
                         tx.commit().await
                     }
                     .await;
-                    if let Err(err) = result {
-                        if err.as_database_error().and_then(|e| e.code()).as_deref()
-                            == Some("25006")
-                        {
-                            read_only.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(()) => wrote_tx.send_modify(|n| *n += 1),
+                        Err(err) => {
+                            if err.as_database_error().and_then(|e| e.code()).as_deref()
+                                == Some("25006")
+                            {
+                                read_only.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Decided when called; not awaited, as the layer does.
+                            drop(lease.report(&err));
                         }
-                        // `Lease::report` is an `async fn`: dropped unpolled it does
-                        // nothing (pg_failover's writers do exactly that). Spawned,
-                        // as the layer's own report does not hold the request.
-                        tokio::spawn(async move { lease.report(&err).await });
-                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::timeout(BOUND, wrote.wait_for(|n| *n >= 5)).await??;
+    let mut status = live.subscribe();
     admin(&cluster, |c| c.set_read_only(true)).await?;
     assert!(
         !takes_writes(&cluster, Node::N1).await?,
         "the primary is read-only now"
     );
-    let mut status = live.subscribe();
-    let healed = tokio::time::timeout(
-        Duration::from_secs(30),
+    let found = tokio::time::timeout(
+        BOUND,
         status.wait_for(|s| !matches!(s, PoolStatus::Live { generation: 0, .. })),
     )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let failed = read_only.load(Ordering::Relaxed);
-    for task in tasks {
-        task.abort();
-    }
+    .await?
+    .ok_or("the LivePool is gone")?;
     assert!(
-        healed.is_ok(),
-        "pinned: {failed} writes failed with 25006 on a read-only server over 30 s, \
-         and the pool was never found (status {:?})",
-        live.status()
+        matches!(found, PoolStatus::ReadOnly { generation: 0, .. }),
+        "{found:?} ({} writes failed with 25006)",
+        read_only.load(Ordering::Relaxed)
     );
+    admin(&cluster, |c| c.set_read_only(false)).await?;
+    let again = tokio::time::timeout(
+        BOUND,
+        status.wait_for(|s| !matches!(s, PoolStatus::ReadOnly { .. })),
+    )
+    .await?
+    .ok_or("the LivePool is gone")?;
+    assert!(
+        matches!(again, PoolStatus::Live { generation: 0, .. }),
+        "{again:?}"
+    );
+    let before = *wrote.borrow_and_update();
+    tokio::time::timeout(BOUND, wrote.wait_for(|n| *n > before)).await??;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    eprintln!(
+        "{} writes failed with 25006 while read-only",
+        read_only.load(Ordering::Relaxed)
+    );
+    assert_eq!(live.generation(), 0);
+    assert!(gave_up.try_recv().is_err(), "no exit");
     Ok(())
 }
 
@@ -134,20 +157,23 @@ async fn an_exhausted_pool_on_a_healthy_server_never_answers_fail() -> TestResul
     let health = HealthService::new(live.clone());
     let (_, body) = get_health(&health).await?;
     assert_eq!(body["status"], "pass", "{body}");
-    // Two slow queries hold the whole pool.
+    // Two slow queries hold the whole pool; each task says when it holds
+    // its connection.
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
     let busy: Vec<_> = (0..2)
         .map(|_| {
-            let pool = live.pool();
-            tokio::spawn(async move { sqlx::query("SELECT pg_sleep(20)").execute(&pool).await })
+            let (pool, held_tx) = (live.pool(), held_tx.clone());
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let _ = held_tx.send(());
+                sqlx::query("SELECT pg_sleep(20)").execute(&mut *conn).await
+            })
         })
         .collect();
-    tokio::time::timeout(BOUND, async {
-        while live.pool().num_idle() > 0 || live.pool().size() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        tokio::time::timeout(BOUND, held.recv()).await?;
+    }
+    assert_eq!(live.pool().num_idle(), 0, "the pool is exhausted");
     let mut answers = Vec::new();
     for _ in 0..4 {
         let (_, body) = get_health(&health).await?;
@@ -255,10 +281,27 @@ async fn a_second_switchover_soon_after_a_heal_heals_again() -> TestResult {
     Ok(())
 }
 
+/// A switchover with the proxy left on the demoted node, and something
+/// using the pool: the heal starts and waits for a primary. Returns the new
+/// primary.
+async fn awaiting_primary(
+    cluster: &Arc<Cluster>,
+    live: &LivePool<Postgres>,
+) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
+    let new_primary = admin(cluster, |c| c.switchover()).await?;
+    let pool = live.pool();
+    tokio::spawn(async move { sqlx::query("SELECT 1").execute(&pool).await });
+    wait_for_status(live, "the wait for a primary", |s| {
+        matches!(s, PoolStatus::AwaitingPrimary { .. })
+    })
+    .await;
+    Ok(new_primary)
+}
+
 // ---------------------------------------------------------------------------
-// close() while the heal waits for a writable primary, the proxy
-// black-holed (each attempt takes its full 2 s bound): close must return
-// promptly (not after the 60 s reopen timeout), and no exit runs.
+// close() while the heal waits for a primary, the proxy black-holed (each
+// attempt takes its full 2 s bound): close must return promptly (the wait
+// has no deadline by default), and the heal ends without a give-up.
 // ---------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn close_during_the_heals_wait_in_a_black_hole_returns_without_exit() -> TestResult {
@@ -268,23 +311,24 @@ async fn close_during_the_heals_wait_in_a_black_hole_returns_without_exit() -> T
         .on_give_up(on_give_up)
         .open()
         .await?;
-    admin(&cluster, |c| c.set_read_only(true)).await?;
-    wait_for_status(&live, "the heal", |s| {
-        matches!(
-            s,
-            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
-        )
-    })
-    .await;
+    awaiting_primary(&cluster, &live).await?;
     admin(&cluster, |c| c.black_hole(true)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An attempt of the wait is in the hole.
+    tokio::time::timeout(BOUND, cluster.until_held(1)).await?;
     let closed = tokio::time::timeout(Duration::from_secs(15), live.close()).await;
     assert!(
         closed.is_ok(),
         "close() did not return within 15 s; {:?}",
         live.status()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // close() waited for the heal: its outcome is published, and a give-up
+    // would be published (before the exit action) as the status.
+    tokio::time::timeout(BOUND, live.healed()).await?;
+    assert!(
+        !matches!(live.status(), PoolStatus::GaveUp(_)),
+        "{:?}",
+        live.status()
+    );
     assert!(gave_up.try_recv().is_err(), "no exit after close()");
     assert!(!live.is_healing());
     admin(&cluster, |c| c.black_hole(false)).await;
@@ -292,8 +336,8 @@ async fn close_during_the_heals_wait_in_a_black_hole_returns_without_exit() -> T
 }
 
 // ---------------------------------------------------------------------------
-// A black hole during the heal's wait, then the primary back: the heal
-// completes (no attempt hangs past its bound), one heal, no exit.
+// A black hole during the heal's wait, then the primary reachable: the
+// heal completes (no attempt hangs past its bound), one heal, no exit.
 // ---------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_black_hole_during_the_heal_then_recovery_heals_once() -> TestResult {
@@ -304,20 +348,22 @@ async fn a_black_hole_during_the_heal_then_recovery_heals_once() -> TestResult {
         .open()
         .await?;
     create_table(&live).await?;
-    admin(&cluster, |c| c.set_read_only(true)).await?;
-    wait_for_status(&live, "the heal", |s| {
-        matches!(
-            s,
-            PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
-        )
-    })
-    .await;
+    let new_primary = awaiting_primary(&cluster, &live).await?;
     admin(&cluster, |c| c.black_hole(true)).await;
     tokio::time::timeout(BOUND, cluster.until_held(1)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    admin(&cluster, |c| c.set_read_only(false)).await?;
+    // Two attempts of the wait end in the hole (each at its bound).
+    let mut status = live.subscribe();
+    let attempts = |s: &PoolStatus| match s {
+        PoolStatus::AwaitingPrimary { attempts, .. } => *attempts,
+        _ => 0,
+    };
+    let first = attempts(&status.latest());
+    tokio::time::timeout(BOUND, status.wait_for(|s| attempts(s) >= first + 2))
+        .await?
+        .ok_or("the LivePool is gone")?;
+    admin(&cluster, move |c| c.repoint(new_primary)).await;
     admin(&cluster, |c| c.black_hole(false)).await;
-    wait_for_status(&live, "the heal onto the writable primary", |s| {
+    wait_for_status(&live, "the heal onto the new primary", |s| {
         !matches!(
             s,
             PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
@@ -434,16 +480,16 @@ async fn expect_any_on_a_primary_is_quiet() -> TestResult {
 
 // ---------------------------------------------------------------------------
 // `ALTER ROLE app SET default_transaction_read_only = on`: existing sessions
-// keep taking writes, new ones are read-only. What does the pool do once a
-// new connection is opened? Shows the behaviour (documented in the report):
-// the heal closes the pool and waits for a writable server.
+// keep taking writes, new ones are read-only. Once a new connection is
+// opened, its check finds the primary read-only in place: the pool is
+// marked read-only (degraded), never healed; `/health` never fails; after
+// the reset, new sessions take writes and the pool is Live again.
 // ---------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn read_only_for_the_app_role_only_is_never_pass() -> TestResult {
+async fn read_only_for_the_app_role_only_is_degraded_not_healed() -> TestResult {
     let cluster = cluster();
-    let (on_give_up, _gave_up) = exits();
+    let (on_give_up, mut gave_up) = exits();
     let live = LivePool::postgres(cluster.url().parse()?)
-        .reopen_timeout(Duration::from_secs(5))
         .check_interval(None)
         .on_give_up(on_give_up)
         .open()
@@ -456,37 +502,36 @@ async fn read_only_for_the_app_role_only_is_never_pass() -> TestResult {
         .await?;
     // A new session of the app role cannot write.
     assert!(!takes_writes(&cluster, Node::N1).await?);
-    let (_, body) = get_health(&health).await?;
-    let first = body["status"].clone();
-    // Existing connection still writes.
-    let wrote = sqlx::query("INSERT INTO t (v) VALUES ('x')")
-        .execute(&live.pool())
-        .await;
-    eprintln!("health with only old sessions: {body}; write on an old session: {wrote:?}");
     // Force a new connection: hold every idle one, then acquire once more.
     let pool = live.pool();
     let mut held = Vec::new();
     while let Some(conn) = pool.try_acquire() {
         held.push(conn);
     }
-    let new = pool.acquire().await;
-    eprintln!("acquire of a new connection: {:?}", new.as_ref().err());
+    let new = pool.acquire().await?;
     drop((held, new));
-    // The new session's check found it read-only: the heal is in flight.
-    wait_for_status(&live, "the heal after the new session's check", |s| {
-        !matches!(s, PoolStatus::Live { generation: 0, .. })
-    })
-    .await;
-    let (_, body2) = get_health(&health).await?;
-    eprintln!(
-        "health after a new connection: {body2}; status {:?}",
+    assert!(
+        matches!(live.status(), PoolStatus::ReadOnly { generation: 0, .. }),
+        "{:?}",
         live.status()
     );
+    let (status, body) = get_health(&health).await?;
+    assert_ne!(status, 503, "{body}");
     sqlx::query("ALTER ROLE app RESET default_transaction_read_only")
         .execute(&mut su)
         .await?;
-    let _ = first;
-    assert_ne!(body2["status"], "pass", "{body2}");
+    // New sessions take writes again; the probe's session may be an old
+    // one, so make every session new.
+    admin(&cluster, |c| c.terminate_app_backends()).await?;
+    let (status, body) = get_health(&health).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        matches!(live.status(), PoolStatus::Live { generation: 0, .. }),
+        "{:?}",
+        live.status()
+    );
+    assert_eq!(live.generation(), 0, "no heal");
+    assert!(gave_up.try_recv().is_err());
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub enum Triage {
     Fatal(Fault),
     /// Decided off the request path (a check runs first).
     Check(tokio::task::JoinHandle<Outcome>),
+    /// Decided off the request path by work already in flight, which this
+    /// report joins (no task of its own).
+    Wait(crate::live_pool::BoxFuture<Outcome>),
     /// Not fatal for this pool after all.
     Ignored(ErrorClass),
 }

@@ -156,8 +156,10 @@ impl<DB: Backend> LivePoolBuilder<DB> {
     }
 
     /// How long a reopen (connect and verification) may take before the
-    /// policy gives up. Default: 10 s for SQLite; for Postgres 60 s, the
-    /// time a failover has to produce a writable primary.
+    /// policy gives up. Default: 10 s for SQLite; for Postgres no deadline
+    /// (the wait for a primary lasts until one answers; a timeout set here
+    /// is stretched by 0–25 % per process, so a fleet does not give up in
+    /// the same second).
     pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
         self.config.reopen_timeout = timeout;
         self

@@ -521,6 +521,7 @@ impl<DB: Backend> LivePool<DB> {
             Ignored(ErrorClass),
             Fatal(F),
             Check(tokio::task::JoinHandle<Outcome>),
+            Wait(BoxFuture<Outcome>),
         }
         crate::metrics::error_seen(class);
         let pending = if !class.is_fatal() {
@@ -533,6 +534,7 @@ impl<DB: Backend> LivePool<DB> {
             match DB::triage(&self.inner, generation, code, err) {
                 Triage::Fatal(fault) => Pending::Fatal(self.inner.fatal(generation, fault)),
                 Triage::Check(check) => Pending::Check(check),
+                Triage::Wait(wait) => Pending::Wait(wait),
                 Triage::Ignored(class) => Pending::Ignored(class),
             }
         };
@@ -543,6 +545,7 @@ impl<DB: Backend> LivePool<DB> {
                 Pending::Check(check) => check
                     .await
                     .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
+                Pending::Wait(wait) => wait.await,
             }
         }
     }

@@ -1361,6 +1361,163 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &ProxySha
     }
 }
 
+// ---------------------------------------------------------------- PgBouncer
+
+/// PgBouncer's `pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// A server connection per transaction: a client's statements outside
+    /// a transaction may each land on another server connection.
+    Transaction,
+}
+
+impl PoolMode {
+    fn name(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// Run by the PgBouncer wrapper: `sh -c BOUNCER bouncer <pgbouncer> <ini>`.
+/// PgBouncer runs in the foreground under this shell, which stops it when
+/// this process closes the pipe (a `Drop`, or this process dying).
+const BOUNCER: &str = r#"trap '' HUP INT TERM
+"$1" "$2" &
+pid=$!
+read -r _
+kill -KILL "$pid" 2>/dev/null
+wait "$pid"
+"#;
+
+/// A PgBouncer (Debian's `pgbouncer`, 1.18 on bookworm) in front of the
+/// cluster's proxy, so it follows a repoint for its new server connections.
+/// Its ini, userlist and log live in the cluster's directory; it listens on
+/// 127.0.0.1 at a free port, runs as the server user when this process is
+/// root (PgBouncer refuses root, like the postmaster), and trusts every
+/// user in its userlist (`app`, `postgres`). Dropping it stops it.
+pub struct Bouncer {
+    port: PortLease,
+    wrapper: Child,
+    log: PathBuf,
+}
+
+const BOUNCER_NOT_FOUND: &str = "pgbouncer not found: install Debian's `pgbouncer` package \
+     (apt-get install -y pgbouncer) or set PGBOUNCER to its path";
+
+fn find_pgbouncer() -> Result<PathBuf, ClusterError> {
+    if let Some(path) = std::env::var_os("PGBOUNCER") {
+        return Ok(PathBuf::from(path));
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let path = Path::new(dir).join("pgbouncer");
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(ClusterError::new(BOUNCER_NOT_FOUND))
+}
+
+impl Cluster {
+    /// Starts a PgBouncer in `mode` in front of the proxy; returns once it
+    /// answers a query as `app`.
+    pub fn pgbouncer(&self, mode: PoolMode) -> Result<Bouncer, ClusterError> {
+        let bin = find_pgbouncer()?;
+        let dir = self.dir().join(format!("pgbouncer-{}", mode.name()));
+        std::fs::create_dir_all(&dir).map_err(io_error("create PgBouncer's directory"))?;
+        self.server.chown(&dir)?;
+        let port = PortLease::new()?;
+        let log = dir.join("pgbouncer.log");
+        let users = dir.join("userlist.txt");
+        self.server
+            .write_file(&users, &format!("\"{APP}\" \"\"\n\"{SUPERUSER}\" \"\"\n"))?;
+        let ini = dir.join("pgbouncer.ini");
+        self.server.write_file(
+            &ini,
+            &format!(
+                "[databases]\n\
+                 {APP} = host=127.0.0.1 port={proxy} dbname={APP}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = trust\n\
+                 auth_file = {users}\n\
+                 pool_mode = {mode}\n\
+                 default_pool_size = 20\n\
+                 max_client_conn = 500\n\
+                 logfile = {log}\n\
+                 admin_users = {SUPERUSER}\n\
+                 ignore_startup_parameters = extra_float_digits,search_path,options\n",
+                proxy = self.proxy.port,
+                port = port.0,
+                users = users.display(),
+                mode = mode.name(),
+                log = log.display(),
+            ),
+        )?;
+        let mut cmd = Command::new("sh");
+        self.server.prepare(&mut cmd, &dir);
+        let wrapper = cmd
+            .arg("-c")
+            .arg(BOUNCER)
+            .arg("pgbouncer")
+            .arg(&bin)
+            .arg(&ini)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io_error("spawn pgbouncer"))?;
+        let bouncer = Bouncer { port, wrapper, log };
+        let url = bouncer.url();
+        let ready = block_on(poll("PgBouncer answering", move || {
+            let url = url.clone();
+            async move {
+                let mut conn = PgConnection::connect(&url).await?;
+                sqlx::raw_sql("SELECT 1").execute(&mut conn).await?;
+                conn.close().await?;
+                Ok(true)
+            }
+        }))?;
+        ready.map_err(|e| ClusterError::with_log(e, &bouncer.log))?;
+        Ok(bouncer)
+    }
+}
+
+impl Bouncer {
+    /// `postgres://app@127.0.0.1:<port>/app`, through PgBouncer.
+    pub fn url(&self) -> String {
+        format!("postgres://{APP}@127.0.0.1:{}/{APP}", self.port.0)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.0
+    }
+
+    /// The last `lines` lines of PgBouncer's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- pg_cluster: last {LOG_TAIL} lines of {} ---\n{}",
+                self.log.display(),
+                self.log_tail(LOG_TAIL)
+            );
+        }
+        drop(self.wrapper.stdin.take());
+        let _ = self.wrapper.wait();
+    }
+}
+
 // ---------------------------------------------------------------- logs
 
 /// The last `lines` lines of a file (or why there are none).

@@ -27,8 +27,10 @@ pub(crate) fn classify_sqlstate(code: &[u8; 5]) -> ErrorClass {
     }
     match code {
         // The server ends or refuses the connection (admin or fast shutdown,
-        // a crash, starting up, in recovery): sqlx opens another one.
-        b"57P01" | b"57P02" | b"57P03"
+        // a crash, starting up, in recovery) or ends an idle session
+        // (idle_session_timeout, idle_in_transaction_session_timeout): sqlx
+        // opens another one.
+        b"57P01" | b"57P02" | b"57P03" | b"57P05" | b"25P03"
         // Too many connections, out of memory, disk full on the server.
         | b"53300" | b"53000" | b"53100" | b"53200" | b"53400"
         // Retry the transaction: serialization failure, deadlock.
@@ -52,8 +54,8 @@ mod tests {
             assert_eq!(classify_sqlstate(&code), ErrorClass::Fatal, "{code:?}");
         }
         for code in [
-            "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03", "57014", "08006",
-            "08001", "53100",
+            "57P01", "57P02", "57P03", "57P05", "25P03", "53300", "40001", "40P01", "55P03",
+            "57014", "08006", "08001", "53100",
         ] {
             let code: [u8; 5] = code.as_bytes().try_into().unwrap();
             assert_eq!(classify_sqlstate(&code), ErrorClass::Transient, "{code:?}");

@@ -3,9 +3,12 @@
 //! Every new connection of a pool meant for writes is checked once when it
 //! is opened (`after_connect`); a write's `25006`/`0A000`, confirmed by the
 //! same check, a background check on an idle connection and the health
-//! probe find a pool whose server stopped taking writes under it. The heal
-//! closes the pinned pool, waits for a writable primary with single direct
-//! connections and jittered back-off, and swaps in a new gated pool.
+//! probe find a pool whose server stopped taking writes under it. A server
+//! in recovery (a demoted primary) is what a heal is for: it closes the
+//! pinned pool, waits for a primary with single direct connections and
+//! jittered back-off, and swaps in a new gated pool. A primary read-only in
+//! place is degraded, not dead: the pool is kept and marked read-only
+//! until the server takes writes again.
 
 mod classify;
 mod writable;
@@ -13,20 +16,23 @@ mod writable;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub(crate) use classify::{classify_sqlstate, sqlstate};
-use writable::{ATTEMPT_BOUND, Writability, gated, jitter, wait_for_writable, writability};
+use writable::{
+    ATTEMPT_BOUND, Primary, Writability, gated, jitter, spread, wait_for_primary, writability,
+};
 
 use super::Triage;
 use super::sealed::Sealed;
 use crate::classify::{Code, ErrorClass, classify};
 use crate::health::{Detail, Finding};
+use crate::live_pool::BoxFuture;
 use crate::live_pool::{
     Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
     deadline_after,
@@ -71,6 +77,15 @@ pub struct PgState {
     /// The policy, for the gates of every generation's pool (set once the
     /// policy exists, right after the first pool is opened).
     policy: PolicyCell,
+    /// The confirmation of a read-only error in flight, if any: one per
+    /// generation at a time, which every report joins (a bound on the
+    /// direct connections the crate opens however many writes fail).
+    confirming: Mutex<Option<Confirming>>,
+}
+
+struct Confirming {
+    generation: u64,
+    done: watch::Receiver<Option<Outcome>>,
 }
 
 /// Where a gate finds the policy to report to.
@@ -97,13 +112,22 @@ impl Sealed for Postgres {
             // A read-only answer is what a replica gives: the write was the bug.
             return Triage::Ignored(ErrorClass::Other);
         }
+        if inner.is_read_only(generation) {
+            // Known: the primary is read-only in place. The background
+            // check and the probe follow it; nothing to confirm per write.
+            return Triage::Ignored(ErrorClass::Transient);
+        }
         let sqlstate = String::from_utf8_lossy(&sqlstate).into_owned();
-        Triage::Check(tokio::spawn(confirm(
-            Arc::clone(inner),
-            generation,
-            sqlstate,
-            err.to_string(),
-        )))
+        let mut done = confirmation(inner, generation, sqlstate, err.to_string());
+        Triage::Wait(Box::pin(async move {
+            match done.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome
+                    .clone()
+                    .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
+                // The confirmation task vanished (the runtime is shutting down).
+                Err(_) => Outcome::Ignored(ErrorClass::Transient),
+            }
+        }) as BoxFuture<Outcome>)
     }
 
     async fn replace(
@@ -150,8 +174,44 @@ impl Sealed for Postgres {
     }
 }
 
-/// A `25006`/`0A000` is fatal only if the server really does not take
-/// writes: the application's own read-only transaction gets `25006` too.
+/// Joins the confirmation in flight for `generation`, or starts one (one
+/// task, whatever the number of reports that join it).
+fn confirmation(
+    inner: &Arc<Inner<Postgres>>,
+    generation: u64,
+    sqlstate: String,
+    message: String,
+) -> watch::Receiver<Option<Outcome>> {
+    let mut slot = inner
+        .backend
+        .confirming
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    // Joined while it runs: no outcome yet, and its task still alive.
+    if let Some(running) = slot.as_ref()
+        && running.generation == generation
+        && running.done.borrow().is_none()
+        && running.done.has_changed().is_ok()
+    {
+        return running.done.clone();
+    }
+    let (tx, rx) = watch::channel(None);
+    *slot = Some(Confirming {
+        generation,
+        done: rx.clone(),
+    });
+    drop(slot);
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let outcome = confirm(inner, generation, sqlstate, message).await;
+        let _ = tx.send(Some(outcome));
+    });
+    rx
+}
+
+/// A `25006`/`0A000` is fatal only if the server is in recovery: the
+/// application's own read-only transaction gets `25006` too, and a primary
+/// read-only in place is degraded, not dead.
 async fn confirm(
     inner: Arc<Inner<Postgres>>,
     generation: u64,
@@ -174,14 +234,20 @@ async fn confirm(
         None => tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.backend.connect)).await,
     };
     match checked {
-        Ok(Ok(Writability::NotWritable(why))) => {
+        Ok(Ok(Writability::InRecovery(why))) => {
             let fault = Fault::NotWritable {
                 sqlstate: Some(sqlstate),
                 message: format!("{message}: {why}"),
             };
             inner.fatal(generation, fault).await
         }
+        Ok(Ok(Writability::ReadOnly(why))) => {
+            inner.set_read_only(generation, &why);
+            // Retry later: the layer answers 503 with Retry-After.
+            Outcome::Ignored(ErrorClass::Transient)
+        }
         Ok(Ok(Writability::Writable)) => {
+            inner.clear_read_only(generation);
             tracing::info!(
                 sqlstate,
                 error = message,
@@ -203,15 +269,15 @@ async fn confirm(
     }
 }
 
-/// Waits for a server that takes writes (until the reopen timeout), then
-/// builds and verifies a new gated pool.
+/// Waits for a primary (until the reopen timeout, stretched per process;
+/// none by default), then builds and verifies a new gated pool.
 async fn reopen(
     inner: &Arc<Inner<Postgres>>,
     number: u64,
     fault: &Fault,
 ) -> Result<Generation<Postgres>, GiveUpReason> {
     let state = &inner.backend;
-    let deadline = deadline_after(inner.config.reopen_timeout);
+    let deadline = deadline_after(spread(inner.config.reopen_timeout));
     loop {
         if state.settings.expect == Expect::Writable {
             let failed = |attempts, last: &str| {
@@ -222,7 +288,7 @@ async fn reopen(
                     last: last.to_owned(),
                 });
             };
-            wait_for_writable(&state.connect, deadline, || inner.is_closed(), failed)
+            wait_for_primary(&state.connect, deadline, || inner.is_closed(), failed)
                 .await
                 .map_err(|why| {
                     GiveUpReason::ReopenFailed(format!(
@@ -235,7 +301,12 @@ async fn reopen(
             return Err(GiveUpReason::ReopenFailed("the LivePool was closed".into()));
         }
         match open_generation(state, number, Some(Instant::now())).await {
-            Ok(new) => return Ok(new),
+            Ok((new, read_only)) => {
+                if let Some(why) = read_only {
+                    mark_read_only_once_live(inner, number, why);
+                }
+                return Ok(new);
+            }
             // The server stopped taking writes between the two checks
             // (another failover): wait again, within the same deadline.
             Err(why) if Instant::now() < deadline => {
@@ -246,12 +317,36 @@ async fn reopen(
     }
 }
 
-/// Builds a pool (gated for writes) and verifies its first connection.
+/// A generation healed onto a primary read-only in place is marked so as
+/// soon as it is in service (the status is published by the swap).
+fn mark_read_only_once_live(inner: &Arc<Inner<Postgres>>, number: u64, why: String) {
+    let weak = Arc::downgrade(inner);
+    let mut status = inner.status.subscribe();
+    tokio::spawn(async move {
+        // Ends with the heal (or with the LivePool, when the sender goes).
+        let swapped = status
+            .wait_for(|s| {
+                !matches!(
+                    s,
+                    PoolStatus::Healing { .. } | PoolStatus::AwaitingPrimary { .. }
+                )
+            })
+            .await
+            .is_ok();
+        drop(status);
+        if let (true, Some(inner)) = (swapped, weak.upgrade()) {
+            inner.set_read_only(number, &why);
+        }
+    });
+}
+
+/// Builds a pool (gated for writes) and verifies its first connection: a
+/// primary, which may be read-only in place (`Some` with why).
 async fn open_generation(
     state: &PgState,
     number: u64,
     healed_at: Option<Instant>,
-) -> Result<Generation<Postgres>, String> {
+) -> Result<(Generation<Postgres>, Primary), String> {
     let options = match state.settings.expect {
         Expect::Writable => gated(state.pool.clone(), Arc::clone(&state.policy), number),
         Expect::Any => state.pool.clone(),
@@ -262,60 +357,113 @@ async fn open_generation(
         writability(&mut *conn).await
     })
     .await;
-    let why = match verified {
-        Ok(Ok(Writability::Writable)) => None,
-        Ok(Ok(Writability::NotWritable(_))) if state.settings.expect == Expect::Any => None,
-        Ok(Ok(Writability::NotWritable(why))) => Some(why),
-        Ok(Err(err)) => Some(err.to_string()),
-        Err(_) => Some(format!("no answer within {ATTEMPT_BOUND:?}")),
+    let found = match verified {
+        Ok(Ok(Writability::Writable)) => Ok(None),
+        Ok(Ok(_)) if state.settings.expect == Expect::Any => Ok(None),
+        Ok(Ok(Writability::ReadOnly(why))) => Ok(Some(why)),
+        Ok(Ok(Writability::InRecovery(why))) => Err(why),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {ATTEMPT_BOUND:?}")),
     };
-    match why {
-        None => Ok(Generation {
-            number,
-            pool,
-            healed_at,
-            extra: (),
-        }),
-        Some(why) => {
+    match found {
+        Ok(read_only) => Ok((
+            Generation {
+                number,
+                pool,
+                healed_at,
+                extra: (),
+            },
+            read_only,
+        )),
+        Err(why) => {
             tokio::spawn(async move { pool.close().await });
             Err(why)
         }
     }
 }
 
+/// What the probe's query got, within its bound.
+enum Asked {
+    Found(Result<Writability, sqlx::Error>),
+    /// Every connection busy: an exhausted pool, not a silent server.
+    Exhausted,
+    /// The server did not answer.
+    Silent,
+}
+
+/// The writability query on `pool`, bounded: on an idle connection first (a
+/// probe must not grow a busy pool); if the server had ended that idle
+/// session (`idle_session_timeout`, a restart, a terminated backend), once
+/// more on a connection the pool checks or opens.
+async fn ask(pool: &sqlx::PgPool, bound: Duration) -> Asked {
+    let started = Instant::now();
+    let left = || bound.saturating_sub(started.elapsed());
+    if let Some(mut conn) = pool.try_acquire() {
+        match tokio::time::timeout(left(), writability(&mut *conn)).await {
+            Err(_) => return Asked::Silent,
+            Ok(Err(err)) if session_ended(&err) => {
+                tracing::debug!(error = %err, "the probe's idle connection was ended by the server; asking on another");
+                conn.close_on_drop();
+            }
+            Ok(found) => return Asked::Found(found),
+        }
+    }
+    let mut conn = match tokio::time::timeout(left(), pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => return Asked::Found(Err(err)),
+        Err(_) if pool.size() >= pool.options().get_max_connections() => return Asked::Exhausted,
+        // A new connection did not answer: counted like a silent query.
+        Err(_) => return Asked::Silent,
+    };
+    match tokio::time::timeout(left(), writability(&mut *conn)).await {
+        Ok(found) => Asked::Found(found),
+        Err(_) => Asked::Silent,
+    }
+}
+
+/// `true` for an error that says the session is gone, not the server.
+fn session_ended(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        _ => err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| {
+                matches!(&*code, "57P01" | "57P02" | "57P05" | "25P03") || code.starts_with("08")
+            }),
+    }
+}
+
 /// The health probe: the writability query on the pool in service, bounded.
+/// A primary read-only in place passes (it serves reads; the policy's
+/// status carries the degradation); a server in recovery is dead for this
+/// generation.
 async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
     let current = live.current();
     let generation = current.number;
-    let expect = live.inner().backend.settings.expect;
-    let started = Instant::now();
-    // An idle connection first: a probe must not grow a busy pool.
-    let mut conn = match current.pool.try_acquire() {
-        Some(conn) => conn,
-        None => match tokio::time::timeout(bound, current.pool.acquire()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return (generation, Finding::from_error(live, generation, &err)),
-            // Every connection busy: an exhausted pool, not a silent server.
-            Err(_) if current.pool.size() >= current.pool.options().get_max_connections() => {
-                let text = format!("no pool connection free within {} ms", bound.as_millis());
-                return (generation, Finding::Transient(Detail::same(text)));
-            }
-            // A new connection did not answer: counted like a silent query.
-            Err(_) => return (generation, silent(stuck, bound)),
-        },
-    };
-    let left = bound.saturating_sub(started.elapsed());
-    let checked = tokio::time::timeout(left, writability(&mut *conn)).await;
-    drop(conn);
-    let Ok(checked) = checked else {
-        return (generation, silent(stuck, bound));
+    let inner = live.inner();
+    let expect = inner.backend.settings.expect;
+    let found = match ask(&current.pool, bound).await {
+        Asked::Found(found) => found,
+        Asked::Exhausted => {
+            let text = format!("no pool connection free within {} ms", bound.as_millis());
+            return (generation, Finding::Transient(Detail::same(text)));
+        }
+        Asked::Silent => return (generation, silent(stuck, bound)),
     };
     stuck.store(0, Ordering::Relaxed);
-    match checked {
-        Ok(Writability::Writable) => (generation, Finding::Pass),
-        Ok(Writability::NotWritable(_)) if expect == Expect::Any => (generation, Finding::Pass),
-        Ok(Writability::NotWritable(why)) => {
-            drop(live.inner().fatal(
+    match found {
+        Ok(_) if expect == Expect::Any => (generation, Finding::Pass),
+        Ok(Writability::Writable) => {
+            inner.clear_read_only(generation);
+            (generation, Finding::Pass)
+        }
+        Ok(Writability::ReadOnly(why)) => {
+            inner.set_read_only(generation, &why);
+            (generation, Finding::Pass)
+        }
+        Ok(Writability::InRecovery(why)) => {
+            drop(inner.fatal(
                 generation,
                 Fault::NotWritable {
                     sqlstate: None,
@@ -345,9 +493,12 @@ fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
 }
 
 /// The background check: every interval (jittered, so a fleet spreads), the
-/// writability query on an idle connection of the pool in service. It never
-/// opens a connection (a busy pool reports its own failures) and holds only
-/// a weak reference, so it ends with the last `LivePool` handle.
+/// writability query on an idle connection of the pool in service. It opens
+/// no connection (a busy pool reports its own failures), except one direct
+/// connection per check while the pool is marked read-only, so the state
+/// clears within about a second of the server taking writes again, busy
+/// pool or not. It holds only a weak reference, so it ends with the last
+/// `LivePool` handle.
 fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
     let settings = inner.backend.settings;
     let (Some(interval), Expect::Writable) = (settings.check_interval, settings.expect) else {
@@ -355,10 +506,17 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
     };
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
+        let mut read_only = false;
         loop {
+            // Twice as often while read-only: readiness comes back promptly.
+            let pause = if read_only {
+                jitter(interval)
+            } else {
+                jitter(interval.saturating_mul(2)).max(interval / 2)
+            };
             tokio::select! {
                 _ = &mut stop => return,
-                () = tokio::time::sleep(jitter(interval.saturating_mul(2)).max(interval / 2)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
             let Some(inner) = weak.upgrade() else { return };
             if inner.gave_up() || inner.is_closed() {
@@ -368,25 +526,41 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
             if current.pool.is_closed() {
                 continue; // a heal is replacing it
             }
-            let Some(mut conn) = current.pool.try_acquire() else {
-                continue;
+            read_only = inner.is_read_only(current.number);
+            let checked = match current.pool.try_acquire() {
+                Some(mut conn) => {
+                    tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await
+                }
+                None if read_only => {
+                    tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.backend.connect))
+                        .await
+                }
+                None => continue,
             };
-            let checked = tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await;
-            drop(conn);
-            if let Ok(Ok(Writability::NotWritable(why))) = checked {
-                tracing::error!(
-                    generation = current.number,
-                    why,
-                    "background check: the pool's server does not take writes"
-                );
-                drop(inner.fatal(
-                    current.number,
-                    Fault::NotWritable {
-                        sqlstate: None,
-                        message: why,
-                    },
-                ));
+            match checked {
+                Ok(Ok(Writability::Writable)) => {
+                    inner.clear_read_only(current.number);
+                }
+                Ok(Ok(Writability::ReadOnly(why))) => {
+                    inner.set_read_only(current.number, &why);
+                }
+                Ok(Ok(Writability::InRecovery(why))) => {
+                    tracing::error!(
+                        generation = current.number,
+                        why,
+                        "background check: the pool's server is in recovery"
+                    );
+                    drop(inner.fatal(
+                        current.number,
+                        Fault::NotWritable {
+                            sqlstate: None,
+                            message: why,
+                        },
+                    ));
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
+            read_only = inner.is_read_only(current.number);
         }
     });
 }
@@ -409,8 +583,9 @@ impl LivePool<Postgres> {
     /// ```
     pub fn postgres(options: PgConnectOptions) -> LivePoolBuilder<Postgres> {
         let mut builder = LivePoolBuilder::from_options(options, PgSettings::default());
-        // A failover has this long to produce a writable primary.
-        builder.config.reopen_timeout = Duration::from_secs(60);
+        // No deadline for a primary: a restart would wait the same way, and
+        // a fleet that exits together reconnects together.
+        builder.config.reopen_timeout = Duration::MAX;
         // Nothing on the filesystem to watch or rescue.
         builder.config.watchdog_interval = None;
         builder
@@ -432,9 +607,13 @@ impl LivePoolBuilder<Postgres> {
         self
     }
 
-    /// Waits for a server that takes writes (for [`Expect::Writable`], up
-    /// to the [reopen timeout](LivePoolBuilder::reopen_timeout)), opens the
-    /// pool, verifies it and starts the background check.
+    /// Waits for a primary (for [`Expect::Writable`]: a server not in
+    /// recovery; one read-only in place opens degraded,
+    /// [`PoolStatus::ReadOnly`]), up to the
+    /// [reopen timeout](LivePoolBuilder::reopen_timeout) (none by default:
+    /// bind your health routes first, or give the container a Kubernetes
+    /// `startupProbe`), opens the pool, verifies it and starts the
+    /// background check.
     ///
     /// The pool's `after_connect` is the crate's check; put per-connection
     /// settings in the connect options instead
@@ -450,25 +629,29 @@ impl LivePoolBuilder<Postgres> {
             pool: *pool,
             settings: self.settings,
             policy: PolicyCell::default(),
+            confirming: Mutex::new(None),
         };
-        let deadline = deadline_after(self.config.reopen_timeout);
+        let deadline = deadline_after(spread(self.config.reopen_timeout));
         if state.settings.expect == Expect::Writable {
-            wait_for_writable(&state.connect, deadline, || false, |_, _| {})
+            wait_for_primary(&state.connect, deadline, || false, |_, _| {})
                 .await
                 .map_err(|why| {
                     sqlx::Error::Protocol(format!(
-                        "no writable Postgres server within {:?}: {why}",
+                        "no Postgres primary within {:?}: {why}",
                         self.config.reopen_timeout
                     ))
                 })?;
         }
-        let first = open_generation(&state, 0, None)
+        let (first, read_only) = open_generation(&state, 0, None)
             .await
             .map_err(sqlx::Error::Protocol)?;
         let policy = Arc::clone(&state.policy);
         let live = LivePool::start(first, state, self.config, Some(spawn_checks));
         // From now on the gates report their refusals to the policy.
         let _ = policy.set(Arc::downgrade(live.inner()));
+        if let Some(why) = read_only {
+            live.inner().set_read_only(0, &why);
+        }
         Ok(live)
     }
 }

@@ -5,32 +5,39 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{Connection, PgExecutor};
+use sqlx::{Connection, PgExecutor, Row};
 
 use super::PolicyCell;
 use crate::live_pool::Fault;
 
 /// One round trip, about the cost of `SELECT 1`, that needs no privilege.
-/// `pg_is_in_recovery()` catches a standby (a demoted primary);
-/// `transaction_read_only` also catches a primary made read-only
-/// (`default_transaction_read_only`), where `pg_is_in_recovery()` is false.
-const WRITABLE_QUERY: &str =
-    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'";
+/// Only the server's state counts, never the session's own settings (a
+/// handler's `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY` on a
+/// pooled connection must not look like a read-only server):
+/// `pg_is_in_recovery()` catches a standby (a demoted primary), and the
+/// `reset_val` of `default_transaction_read_only` is what a fresh session
+/// gets (`ALTER SYSTEM` + reload, the database's or the role's setting),
+/// where `pg_is_in_recovery()` is false. Sent with the simple query
+/// protocol: no named prepared statement, so it survives `DISCARD ALL`,
+/// `DEALLOCATE ALL` and PgBouncer in transaction mode.
+const WRITABLE_QUERY: &str = "SELECT pg_is_in_recovery(), \
+     (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on'";
 
 /// How long one attempt (connect and query) may take while waiting for a
 /// writable primary: a black-holed address must not stall the wait.
 pub(crate) const ATTEMPT_BOUND: Duration = Duration::from_secs(2);
-/// The longest pause between two attempts: a primary is found within about
-/// this long of becoming reachable.
-const BACKOFF_MAX: Duration = Duration::from_millis(800);
-const BACKOFF_FIRST: Duration = Duration::from_millis(25);
 
 /// What the writability query found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Writability {
     Writable,
-    /// Why not, in words for logs and `/health`.
-    NotWritable(String),
+    /// A standby, or a primary demoted by a failover: what a heal is for.
+    /// Why, in words for logs and `/health`.
+    InRecovery(String),
+    /// A primary that refuses writes in place (`default_transaction_read_only`
+    /// for the server, the database or the role): degraded, not dead; no
+    /// heal or restart changes it.
+    ReadOnly(String),
 }
 
 /// Runs the writability query on `executor`.
@@ -38,16 +45,21 @@ pub(crate) async fn writability<'c, E>(executor: E) -> Result<Writability, sqlx:
 where
     E: PgExecutor<'c>,
 {
-    let (in_recovery, read_only): (bool, bool) =
-        sqlx::query_as(WRITABLE_QUERY).fetch_one(executor).await?;
+    let row = sqlx::raw_sql(WRITABLE_QUERY).fetch_one(executor).await?;
+    let in_recovery: bool = row.try_get(0)?;
+    // NULL only if the setting vanished from pg_settings: not read-only.
+    let read_only: Option<bool> = row.try_get(1)?;
     Ok(if in_recovery {
-        Writability::NotWritable(
+        Writability::InRecovery(
             "the server is in recovery (pg_is_in_recovery() is true): a hot standby, \
              or a primary demoted by a failover"
                 .into(),
         )
-    } else if read_only {
-        Writability::NotWritable("the server is read-only (transaction_read_only is on)".into())
+    } else if read_only == Some(true) {
+        Writability::ReadOnly(
+            "the primary is read-only in place (default_transaction_read_only is on for new sessions)"
+                .into(),
+        )
     } else {
         Writability::Writable
     })
@@ -68,57 +80,66 @@ struct Failed {
     /// No database of that name, or the role is refused: no failover fixes
     /// that, so the wait ends at once.
     permanent: bool,
+    /// `53300`: the server has no connection slot left; back off further.
+    too_many: bool,
 }
 
 async fn attempt(options: &PgConnectOptions) -> Result<Writability, Failed> {
     match tokio::time::timeout(ATTEMPT_BOUND, direct(options)).await {
         Ok(Ok(found)) => Ok(found),
         Ok(Err(err)) => {
-            let permanent = err
-                .as_database_error()
-                .and_then(|db| db.code())
-                .is_some_and(|code| matches!(&*code, "3D000" | "28000" | "28P01"));
+            let code = err.as_database_error().and_then(|db| db.code());
+            let code = code.as_deref();
             Err(Failed {
                 why: err.to_string(),
-                permanent,
+                permanent: matches!(code, Some("3D000" | "28000" | "28P01")),
+                too_many: code == Some("53300"),
             })
         }
         Err(_) => Err(Failed {
             why: format!("no answer within {ATTEMPT_BOUND:?}"),
             permanent: false,
+            too_many: false,
         }),
     }
 }
 
-/// Waits for the server at `options` to take writes, until `deadline`, with
-/// jittered exponential back-off capped at [`BACKOFF_MAX`]: a primary is
-/// found within about a second of becoming reachable, and a fleet of
-/// instances that lost their primary at the same moment does not reach the
-/// new one in one burst. `stop` ends the wait early (the `LivePool` was
-/// closed). Returns why not, at the deadline.
-pub(crate) async fn wait_for_writable(
+/// What a wait found: a primary, which may be read-only in place (`Some`
+/// with why): it still serves reads, so the pool opens degraded.
+pub(crate) type Primary = Option<String>;
+
+/// Waits for a primary (a server not in recovery) at `options`, until
+/// `deadline`, with [`Backoff`]'s pauses. `stop` ends the wait early (the
+/// `LivePool` was closed); `failed` hears of every attempt that found none.
+/// Returns why not, at the deadline.
+pub(crate) async fn wait_for_primary(
     options: &PgConnectOptions,
     deadline: Instant,
     stop: impl Fn() -> bool,
     failed: impl Fn(u32, &str),
-) -> Result<(), String> {
-    let mut cap = BACKOFF_FIRST;
+) -> Result<Primary, String> {
+    let mut backoff = Backoff::default();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let why = match attempt(options).await {
+        let (why, too_many) = match attempt(options).await {
             Ok(Writability::Writable) => {
                 tracing::info!(attempts, "a writable primary answers");
-                return Ok(());
+                return Ok(None);
             }
-            Ok(Writability::NotWritable(why)) => why,
+            Ok(Writability::ReadOnly(why)) => {
+                tracing::warn!(attempts, why, "a primary answers, read-only in place");
+                return Ok(Some(why));
+            }
+            Ok(Writability::InRecovery(why)) => (why, false),
             Err(Failed {
                 why,
                 permanent: true,
+                ..
             }) => {
                 return Err(format!("{why} (no failover changes that)"));
             }
-            Err(Failed { why, .. }) => why,
+            Err(Failed { why, too_many, .. }) => (why, too_many),
         };
         let now = Instant::now();
         if now >= deadline || stop() {
@@ -126,13 +147,48 @@ pub(crate) async fn wait_for_writable(
         }
         failed(attempts, &why);
         if attempts == 1 {
-            tracing::warn!(why, "waiting for a writable primary");
+            tracing::warn!(why, "waiting for a primary");
         } else {
-            tracing::debug!(attempts, why, "waiting for a writable primary");
+            tracing::debug!(attempts, why, "waiting for a primary");
         }
-        let pause = jitter(cap).min(deadline - now);
-        tokio::time::sleep(pause).await;
-        cap = (cap * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next(too_many).min(deadline - now)).await;
+    }
+}
+
+/// The first pause of a wait.
+const BACKOFF_FIRST: Duration = Duration::from_millis(25);
+/// The longest pause between two attempts: the first attempt after the
+/// endpoint moves to a primary comes within this long.
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_millis(500);
+/// The longest pause while the server answers `53300` (no connection slot
+/// left): a fleet that backs off further frees the slots it competes for.
+pub(crate) const BACKOFF_CAP_TOO_MANY: Duration = Duration::from_secs(5);
+
+/// The pauses of a wait for a primary: doubling from [`BACKOFF_FIRST`] up
+/// to a cap ([`BACKOFF_CAP`], or [`BACKOFF_CAP_TOO_MANY`] after a `53300`),
+/// each one drawn from `[ceiling / 2, ceiling]` so a fleet that lost its
+/// primary at the same moment does not reach the new one in one burst.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// The current ceiling; zero before the first pause.
+    ceiling: Duration,
+}
+
+impl Backoff {
+    /// The next pause; `too_many` if the last attempt got `53300`.
+    pub(crate) fn next(&mut self, too_many: bool) -> Duration {
+        let cap = if too_many {
+            BACKOFF_CAP_TOO_MANY
+        } else {
+            BACKOFF_CAP
+        };
+        self.ceiling = if self.ceiling.is_zero() {
+            BACKOFF_FIRST
+        } else {
+            self.ceiling.saturating_mul(2)
+        }
+        .min(cap);
+        jitter(self.ceiling)
     }
 }
 
@@ -140,15 +196,27 @@ pub(crate) async fn wait_for_writable(
 /// back-off asks for.
 pub(crate) fn jitter(max: Duration) -> Duration {
     let half = max / 2;
-    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let nanos = u64::try_from((max - half).as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     half + Duration::from_nanos(crate::backend::random_u64() % nanos)
+}
+
+/// A deadline the user set, stretched by 0 to 25 % (drawn per wait): a
+/// fleet that lost its primary at the same moment does not give up in the
+/// same second. `Duration::MAX` (no deadline) stays as it is.
+pub(crate) fn spread(timeout: Duration) -> Duration {
+    let quarter = u64::try_from((timeout / 4).as_nanos()).unwrap_or(u64::MAX);
+    let extra = crate::backend::random_u64() % quarter.saturating_add(1);
+    timeout.saturating_add(Duration::from_nanos(extra))
 }
 
 /// `options` with the check every new connection of a pool meant for writes
 /// passes before sqlx hands it out (`after_connect`): a connection to a
-/// server that does not take writes is refused, and the refusal is a fatal
-/// finding about `generation`. One round trip per connection, none per
-/// request or checkout.
+/// server in recovery is refused, and the refusal is a fatal finding about
+/// `generation`; one to a primary read-only in place is accepted (reads
+/// must work) and marks the generation read-only. One round trip per
+/// connection, none per request or checkout.
 pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64) -> PgPoolOptions {
     options.after_connect(move |conn, _meta| {
         let inner = policy.get().and_then(Weak::upgrade);
@@ -173,12 +241,23 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
                 return end_session(conn).await;
             }
             match writability(&mut *conn).await? {
-                Writability::Writable => Ok(()),
-                Writability::NotWritable(why) => {
+                Writability::Writable => {
+                    if let Some(inner) = inner {
+                        inner.clear_read_only(generation);
+                    }
+                    Ok(())
+                }
+                Writability::ReadOnly(why) => {
+                    if let Some(inner) = inner {
+                        inner.set_read_only(generation, &why);
+                    }
+                    Ok(())
+                }
+                Writability::InRecovery(why) => {
                     tracing::warn!(
                         generation,
                         why,
-                        "a new connection reached a server that does not take writes; refused"
+                        "a new connection reached a server in recovery; refused"
                     );
                     if let Some(inner) = inner {
                         // Decided now; the heal does not wait for this connection.
@@ -203,7 +282,7 @@ pub(crate) fn gated(options: PgPoolOptions, policy: PolicyCell, generation: u64)
 /// terminated by its role). `Ok` once the server ended it; otherwise the
 /// connection would still serve, and is refused instead.
 async fn end_session(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let ended = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+    let ended = sqlx::raw_sql("SELECT pg_terminate_backend(pg_backend_pid())")
         .execute(&mut *conn)
         .await;
     match ended {
@@ -226,12 +305,100 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_its_bounds() {
+    fn jitter_stays_within_its_bounds_and_spreads() {
         let max = Duration::from_millis(800);
-        let pauses: Vec<Duration> = (0..200).map(|_| jitter(max)).collect();
-        assert!(pauses.iter().all(|p| *p >= max / 2 && *p <= max));
-        // Spread, not one value for every instance.
-        let first = pauses[0];
-        assert!(pauses.iter().any(|p| *p != first));
+        let pauses: Vec<Duration> = (0..400).map(|_| jitter(max)).collect();
+        assert!(
+            pauses.iter().all(|p| *p >= max / 2 && *p <= max),
+            "{pauses:?}"
+        );
+        // Spread over the whole range, not one value (or one end) for every instance.
+        assert!(pauses.iter().any(|p| *p < max * 6 / 10), "{pauses:?}");
+        assert!(pauses.iter().any(|p| *p > max * 9 / 10), "{pauses:?}");
+    }
+
+    /// The pauses of a wait that never finds a primary.
+    fn schedule(backoff: &mut Backoff, n: usize, too_many: bool) -> Vec<Duration> {
+        (0..n).map(|_| backoff.next(too_many)).collect()
+    }
+
+    #[test]
+    fn backoff_starts_short_and_is_capped_at_half_a_second() {
+        let mut backoff = Backoff::default();
+        let first = backoff.next(false);
+        assert!(
+            first <= BACKOFF_FIRST && first >= BACKOFF_FIRST / 2,
+            "{first:?}"
+        );
+        let later = schedule(&mut backoff, 300, false);
+        // Never above the cap: the first attempt after the endpoint moves
+        // comes within half a second.
+        assert!(
+            later.iter().all(|p| *p <= Duration::from_millis(500)),
+            "{later:?}"
+        );
+        // Reaches the cap (doubling), and stays jittered in [cap/2, cap].
+        let settled = &later[10..];
+        assert!(
+            settled
+                .iter()
+                .all(|p| *p >= Duration::from_millis(250) && *p <= Duration::from_millis(500)),
+            "{settled:?}"
+        );
+        assert!(
+            settled.iter().any(|p| *p < Duration::from_millis(300)),
+            "{settled:?}"
+        );
+        assert!(
+            settled.iter().any(|p| *p > Duration::from_millis(450)),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_while_the_server_is_full_and_comes_back() {
+        let mut backoff = Backoff::default();
+        schedule(&mut backoff, 20, false);
+        let full = schedule(&mut backoff, 200, true);
+        // Backs off further than the normal cap, up to its own.
+        assert!(
+            full.iter().all(|p| *p <= Duration::from_secs(5)),
+            "{full:?}"
+        );
+        let settled = &full[10..];
+        assert!(
+            settled.iter().all(|p| *p >= Duration::from_millis(2500)),
+            "{settled:?}"
+        );
+        assert!(
+            settled.iter().any(|p| *p < Duration::from_millis(3000)),
+            "{settled:?}"
+        );
+        // Slots free again: back under half a second at the next pause.
+        let after = backoff.next(false);
+        assert!(after <= Duration::from_millis(500), "{after:?}");
+    }
+
+    #[test]
+    fn a_deadline_is_stretched_by_up_to_a_quarter_and_spread() {
+        let timeout = Duration::from_secs(60);
+        let spread: Vec<Duration> = (0..400).map(|_| super::spread(timeout)).collect();
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= timeout && *d <= Duration::from_secs(75)),
+            "{spread:?}"
+        );
+        // Instances do not give up in the same second.
+        assert!(
+            spread.iter().any(|d| *d < Duration::from_secs(62)),
+            "{spread:?}"
+        );
+        assert!(
+            spread.iter().any(|d| *d > Duration::from_secs(73)),
+            "{spread:?}"
+        );
+        assert_eq!(super::spread(Duration::MAX), Duration::MAX);
+        assert_eq!(super::spread(Duration::ZERO), Duration::ZERO);
     }
 }
