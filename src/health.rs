@@ -725,6 +725,7 @@ pub(crate) enum State {
 
 impl State {
     /// The state the policy's status alone stands for.
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))] // the gRPC bridge
     pub(crate) fn of(status: &PoolStatus) -> State {
         match status {
             PoolStatus::Live { .. } => State::Healthy,
@@ -802,6 +803,7 @@ pub(crate) struct Report {
     pub(crate) status: HealthStatus,
     pub(crate) state: State,
     /// The liveness verdict that goes with this answer.
+    #[cfg_attr(not(feature = "systemd"), allow(dead_code))] // the systemd watchdog
     pub(crate) liveness: HealthStatus,
     observed: Option<Duration>,
     time: OffsetDateTime,

@@ -58,7 +58,10 @@ async fn restore_by_rename(db: &TestDb, seed: &'static str, bind: &str) -> Resul
     )
     .await?;
     example::MIGRATOR.run(&pool).await?;
-    sqlx::query(seed).bind(bind.to_owned()).execute(&pool).await?;
+    sqlx::query(seed)
+        .bind(bind.to_owned())
+        .execute(&pool)
+        .await?;
     pool.close().await;
     std::fs::rename(&backup, &db.path)?;
     Ok(())

@@ -366,3 +366,49 @@ async fn twenty_seconds_read_only_in_place_serve_reads_and_refuse_writes() -> Te
     assert_eq!(status.code(), Some(0), "stderr:\n{}", example.log());
     Ok(())
 }
+
+/// Through the example binary: `idle_session_timeout = 1s` on the app's
+/// role, so the server ends every pooled session that idles for a second
+/// (FATAL 57P05). Between rounds the test waits until the server has ended
+/// them all (no app backend left: the signal), then asks every health route
+/// and writes: no health route ever answers 503 while writes succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_timeout_never_makes_a_health_route_503() -> TestResult {
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
+    let mut su = PgConnection::connect(&cluster.superuser_url(Node::N1)).await?;
+    sqlx::query("ALTER ROLE app SET idle_session_timeout = '1s'")
+        .execute(&mut su)
+        .await?;
+    let mut example = Example::start(&["--db", &cluster.url()]).await?;
+    let http = Http::new(example.addr);
+    let mut answers = Vec::new();
+    for round in 0..4 {
+        within("the server to end the idle sessions", async {
+            while admin(&cluster, |c| c.app_backends(Node::N1)).await? > 0 {
+                // Polling the server's own view: nothing signals it otherwise.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, layer_support::BoxError>(())
+        })
+        .await??;
+        for path in ["/livez", "/readyz", "/health"] {
+            let reply = http.get(path).await?;
+            assert_ne!(reply.status, 503, "round {round} {path}: {reply:?}");
+            answers.push(format!("{round} {path} {}", reply.status.as_u16()));
+        }
+        let write = http.post("/notes", "while sessions time out").await?;
+        assert_eq!(write.status, 201, "round {round}: {write:?}");
+    }
+    eprintln!("health answers: {answers:?}");
+    sqlx::query("ALTER ROLE app RESET idle_session_timeout")
+        .execute(&mut su)
+        .await?;
+    assert!(
+        !example.log().contains("reopening the pool once"),
+        "{}",
+        example.log()
+    );
+    example.terminate().await?;
+    assert_eq!(example.wait().await?.code(), Some(0), "{}", example.log());
+    Ok(())
+}
