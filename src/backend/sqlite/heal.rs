@@ -100,7 +100,7 @@ impl Inner<Sqlite> {
                     self.config.drain_timeout
                 );
             }
-            rescue = self.rescue_and_seal(old, fault).await;
+            rescue = self.rescue_and_seal(old, fault, file_fault).await;
         } else {
             drop(draining);
         }
@@ -156,6 +156,7 @@ impl Inner<Sqlite> {
         &self,
         old: &Arc<Generation<Sqlite>>,
         fault: &Fault,
+        file_fault: Option<FileFault>,
     ) -> Option<PathBuf> {
         let file = old.file.as_ref()?;
         let mut sentinel = old.sentinel.lock().await;
@@ -170,6 +171,7 @@ impl Inner<Sqlite> {
             config: &rescue,
             generation: old.number,
             fault,
+            file_fault,
         };
         let before = data_version(conn).await;
         let first = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
@@ -193,6 +195,7 @@ impl Inner<Sqlite> {
                 config: &rescue,
                 generation: old.number,
                 fault: &fault,
+                file_fault,
             };
             let _ = seal_loop(conn, &ctx, before, None).await;
         });
@@ -349,6 +352,8 @@ struct SealContext<'a> {
     config: &'a rescue::RescueConfig,
     generation: u64,
     fault: &'a Fault,
+    /// What happened to the file (where the rescue may go depends on it).
+    file_fault: Option<FileFault>,
 }
 
 /// Rescues with back-off until a rescue is saved: the dead handle may hold
@@ -362,7 +367,7 @@ async fn rescue_with_retries(
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
-        match rescue::rescue(conn, ctx.file.path(), ctx.config).await {
+        match rescue::rescue(conn, ctx.file.path(), ctx.config, ctx.file_fault).await {
             Ok(path) => {
                 crate::metrics::rescue_saved(&path).await;
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
