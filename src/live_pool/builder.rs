@@ -321,7 +321,7 @@ impl LivePoolBuilder<Sqlite> {
         let first = sqlite::open(pool, 0, configured, before, None).await?;
         Ok(LivePool::start(
             first,
-            SqliteState { reopen },
+            SqliteState::new(reopen),
             self.config,
             Some(sqlite::spawn_watchdog),
         ))
@@ -413,7 +413,7 @@ impl LivePool<Sqlite> {
         });
         LivePool::start(
             sqlite::unverified(pool),
-            SqliteState { reopen },
+            SqliteState::new(reopen),
             config,
             None,
         )

@@ -15,6 +15,10 @@ use crate::blocking;
 use crate::classify::ErrorClass;
 use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, Outcome, PoolStatus, panic_text};
 
+/// How long the read of the main database that confirms a fatal-class
+/// error may take.
+const CONFIRM_BOUND: Duration = Duration::from_secs(10);
+
 /// The longest pause between two rescue attempts.
 const RESCUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -58,6 +62,85 @@ impl Inner<Sqlite> {
             }
             Err(stuck) => {
                 tracing::warn!(code = fault.code(), %fault, error = %stuck, "CANTOPEN: the file identity could not be checked; not fatal");
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+        }
+    }
+
+    /// A fatal-class error that another file can produce (IOERR, CORRUPT,
+    /// NOTADB): decided off the request path by the file identity and a
+    /// read of the main database. Errors that come while a check runs wait
+    /// for its verdict instead of starting another.
+    pub(crate) fn confirm(
+        self: Arc<Self>,
+        generation: u64,
+        fault: Fault,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        let mut slot = self
+            .backend
+            .confirming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = slot.as_ref().filter(|rx| rx.borrow().is_none()) {
+            let mut running = running.clone();
+            return tokio::spawn(async move {
+                match running.wait_for(Option::is_some).await {
+                    Ok(outcome) => outcome
+                        .clone()
+                        .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
+                    Err(_) => Outcome::Ignored(ErrorClass::Transient),
+                }
+            });
+        }
+        let (tx, rx) = watch::channel(None);
+        *slot = Some(rx);
+        drop(slot);
+        tokio::spawn(async move {
+            let outcome = self.confirm_now(generation, fault).await;
+            let _ = tx.send(Some(outcome.clone()));
+            outcome
+        })
+    }
+
+    async fn confirm_now(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {
+        let current = self.current();
+        if current.number != generation {
+            // Stale or gave up: the policy says which.
+            return self.fatal(generation, fault).await;
+        }
+        if let Some(file) = current.file.clone() {
+            match blocking::run(FS_BOUND, move || file.check()).await {
+                Ok(Err(file_fault)) => {
+                    return self.fatal(generation, Fault::File(file_fault)).await;
+                }
+                Ok(Ok(())) => {}
+                Err(stuck) => {
+                    tracing::warn!(code = fault.code(), %fault, error = %stuck, "the file identity could not be checked after a fatal-class error; reading the database");
+                }
+            }
+        }
+        match tokio::time::timeout(CONFIRM_BOUND, read_main(&current.pool)).await {
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    class = "other", code = fault.code(), %fault, action = "none",
+                    "fatal-class error while the database's own file reads clean: another file (ATTACH, backup, VACUUM INTO)"
+                );
+                Outcome::Ignored(ErrorClass::Other)
+            }
+            Ok(Ok(Some(problem))) => {
+                tracing::error!(code = fault.code(), %fault, %problem, "the main database fails its check");
+                self.fatal(generation, fault).await
+            }
+            Ok(Err(err)) if crate::classify::classify(&err) == ErrorClass::Fatal => {
+                tracing::error!(code = fault.code(), %fault, error = %err, "a read of the main database fails too");
+                self.fatal(generation, fault).await
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(code = fault.code(), %fault, error = %err, "fatal-class error; the main database could not be checked now, not fatal");
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+            Err(_) => {
+                tracing::warn!(code = fault.code(), %fault, "fatal-class error; the check of the main database did not finish within {CONFIRM_BOUND:?}, not fatal");
                 Outcome::Ignored(ErrorClass::Transient)
             }
         }
@@ -455,6 +538,22 @@ async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
     }
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     Seal::Changed
+}
+
+/// Reads the main database: page 1, then SQLite's `quick_check` of the main
+/// schema only (never an attached one). `Some` names a problem the check
+/// found without an error.
+async fn read_main(pool: &sqlx::SqlitePool) -> Result<Option<String>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    super::generation::read_page(&mut *conn).await?;
+    let rows: Vec<String> = sqlx::query_scalar("PRAGMA main.quick_check(1)")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(match rows.first().map(String::as_str) {
+        Some("ok") => None,
+        Some(problem) => Some(problem.to_owned()),
+        None => Some("quick_check returned nothing".to_owned()),
+    })
 }
 
 /// Closes a pool that failed verification, with its sentinel.

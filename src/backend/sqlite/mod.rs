@@ -34,10 +34,28 @@ const CANTOPEN: i32 = 14;
 /// that cannot be written (READONLY_DBMOVED, 1032, is fatal, not degraded).
 const READONLY: i32 = 8;
 const READONLY_DIRECTORY: i32 = 1544;
+const READONLY_DBMOVED: i32 = 1032;
+/// Fatal-class primary codes that another file (ATTACH, backup, `VACUUM
+/// INTO`) can produce: IOERR, CORRUPT, NOTADB.
+const OTHER_FILE_POSSIBLE: [i32; 3] = [10, 11, 26];
 
 /// What SQLite's heals share: how to reopen.
 pub struct SqliteState {
     pub(crate) reopen: ReopenFn<Sqlite>,
+    /// A check of the database after a fatal-class error is running: the
+    /// errors that come meanwhile wait for its verdict instead of starting
+    /// more (an endpoint that attaches users' files must not be a way to
+    /// keep the database busy with checks).
+    pub(crate) confirming: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Option<Outcome>>>>,
+}
+
+impl SqliteState {
+    pub(crate) fn new(reopen: ReopenFn<Sqlite>) -> Self {
+        SqliteState {
+            reopen,
+            confirming: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl Sealed for Sqlite {
@@ -54,11 +72,22 @@ impl Sealed for Sqlite {
         err: &dyn fmt::Display,
     ) -> Triage {
         let fault = Fault::from_error(err, code);
-        if code.sqlite().is_some_and(|code| code & 0xff == CANTOPEN) {
+        match code.sqlite() {
             // Decided once the file identity is known, off the request path.
-            Triage::Check(tokio::spawn(Arc::clone(inner).cantopen(generation, fault)))
-        } else {
-            Triage::Fatal(fault)
+            Some(code) if code & 0xff == CANTOPEN => {
+                Triage::Check(tokio::spawn(Arc::clone(inner).cantopen(generation, fault)))
+            }
+            // Nothing in the code says which file: an ATTACHed database, a
+            // backup target or a `VACUUM INTO` elsewhere gives the same codes
+            // as the pool's own file. Fatal for the pool only once the file
+            // identity or a read of the main database confirms it, off the
+            // request path.
+            Some(code) if code != READONLY_DBMOVED && OTHER_FILE_POSSIBLE.contains(&(code & 0xff)) => {
+                Triage::Check(Arc::clone(inner).confirm(generation, fault))
+            }
+            // READONLY_DBMOVED (1032) is about the pool's own file; a crashed
+            // worker is the pool's own connection.
+            _ => Triage::Fatal(fault),
         }
     }
 
