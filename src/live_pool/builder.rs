@@ -59,6 +59,10 @@ pub(crate) struct Config {
     #[cfg(feature = "fs-watch")]
     pub(crate) fs_watch: bool,
     pub(crate) rescue: RescueConfig,
+    /// How long the filesystem calls of `open` (the file identity, the
+    /// pending-rescue check) may take before the open fails: generous, so a
+    /// slow mount starts and only a hung one fails.
+    pub(crate) startup_timeout: Duration,
     /// [`LivePool::fixed`]: fatal errors are logged, never healed or exited.
     pub(crate) fixed: bool,
 }
@@ -80,6 +84,7 @@ impl Default for Config {
             #[cfg(feature = "fs-watch")]
             fs_watch: true,
             rescue: RescueConfig::default(),
+            startup_timeout: Duration::from_secs(60),
             fixed: false,
         }
     }
@@ -229,6 +234,15 @@ impl LivePoolBuilder<Sqlite> {
         self
     }
 
+    /// How long the filesystem calls of [`open`](Self::open) may take (the
+    /// file identity, the check for a rescue waiting to be restored):
+    /// `open` waits on a slow mount and fails, saying so, only when the
+    /// mount does not answer within this. Default: 60 s.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self
+    }
+
     /// How long a rescue may take. Default: 30 s.
     pub fn rescue_timeout(mut self, timeout: Duration) -> Self {
         self.config.rescue.timeout = timeout;
@@ -272,8 +286,15 @@ impl LivePoolBuilder<Sqlite> {
     ///
     /// Must be called within a Tokio runtime. Fails with
     /// [`sqlx::Error::Configuration`] for `locking_mode(Exclusive)`.
+    ///
+    /// Refuses to open a path whose database was lost under a process that
+    /// gave up, until its rescue is restored (see
+    /// [`LivePool::check_pending_rescue`]), whatever `create_if_missing`
+    /// says.
     pub async fn open(self) -> Result<LivePool, sqlx::Error> {
         let creates = self.config.reopen_creates;
+        let bound = self.config.startup_timeout;
+        let rescue_dir = self.config.rescue.dir.clone();
         let (pool, configured, reopen, before) = match self.source {
             Source::Options { connect, pool } => {
                 let configured = configured_path(&connect);
@@ -281,10 +302,12 @@ impl LivePoolBuilder<Sqlite> {
                 // absolute path: a later chdir must not move the database.
                 let mut connect = *connect;
                 if let Some(path) = &configured {
+                    // Before anything can create a file at the path.
+                    LivePool::check_pending_rescue(path, rescue_dir.as_deref(), bound).await?;
                     connect = connect.filename(path);
                 }
                 // What was open before the pool: its own descriptors are the others.
-                let before = open_files().await;
+                let before = open_files(bound).await;
                 let first = pool.as_ref().clone().connect_with(connect.clone()).await?;
                 // A reopen reattaches the file that was opened and, unless
                 // allowed, never creates it.
@@ -305,6 +328,9 @@ impl LivePoolBuilder<Sqlite> {
                     );
                 }
                 let configured = configured_path(&options);
+                if let Some(path) = &configured {
+                    LivePool::check_pending_rescue(path, rescue_dir.as_deref(), bound).await?;
+                }
                 // Opened before it was handed over: every descriptor on
                 // another file than the one at the path is a finding.
                 (pool, configured, reopen, Default::default())
@@ -318,7 +344,7 @@ impl LivePoolBuilder<Sqlite> {
             }
             None => reopen,
         };
-        let first = sqlite::open(pool, 0, configured, before, None).await?;
+        let first = sqlite::open(pool, 0, configured, before, None, bound).await?;
         Ok(LivePool::start(
             first,
             SqliteState::new(reopen),

@@ -154,10 +154,32 @@ impl Inner<Sqlite> {
         old: &Arc<Generation<Sqlite>>,
         fault: &Fault,
     ) -> (Result<Generation<Sqlite>, GiveUpReason>, Option<PathBuf>) {
+        let (result, rescue, file_fault) = self.replace_inner(old, fault).await;
+        let result = match (result, &rescue, file_fault, &old.file) {
+            (
+                Err(reason),
+                Some(saved),
+                Some(gone @ (FileFault::Deleted | FileFault::Moved)),
+                Some(file),
+            ) => Err(leave_marker(file.configured(), saved, gone, reason).await),
+            (result, ..) => result,
+        };
+        (result, rescue)
+    }
+
+    async fn replace_inner(
+        &self,
+        old: &Arc<Generation<Sqlite>>,
+        fault: &Fault,
+    ) -> (
+        Result<Generation<Sqlite>, GiveUpReason>,
+        Option<PathBuf>,
+        Option<FileFault>,
+    ) {
         // Read while the sentinel is free: a seal that goes on in the
         // background keeps it until the last straggler has committed.
         let schema = old.schema_now().await;
-        let file_fault = match fault {
+        let mut file_fault = match fault {
             Fault::File(file) => Some(*file),
             Fault::Error { .. } | Fault::NotWritable { .. } => match old.file.clone() {
                 Some(file) => blocking::run(FS_BOUND, move || file.check().err())
@@ -184,6 +206,14 @@ impl Inner<Sqlite> {
                 );
             }
             rescue = self.rescue_and_seal(old, fault, file_fault).await;
+            // What is true now: a -wal seen gone first may have been the
+            // start of an `rm -rf` of the whole directory.
+            if let Some(file) = old.file.clone()
+                && let Ok(Err(now)) = blocking::run(FS_BOUND, move || file.check()).await
+                && !now.is_companion()
+            {
+                file_fault = Some(now);
+            }
         } else {
             drop(draining);
         }
@@ -201,6 +231,7 @@ impl Inner<Sqlite> {
                         }
                     ))),
                     rescue,
+                    file_fault,
                 );
             }
             // The file at the path is not the one the companions belong to
@@ -211,7 +242,7 @@ impl Inner<Sqlite> {
                     && let Err(why) = set_stale_companions_aside(file).await
                 {
                     // Opening the file at the path now would replay them.
-                    return (Err(GiveUpReason::ReopenFailed(why)), rescue);
+                    return (Err(GiveUpReason::ReopenFailed(why)), rescue, file_fault);
                 }
             }
             _ => {}
@@ -221,12 +252,13 @@ impl Inner<Sqlite> {
             return (
                 Err(GiveUpReason::ReopenFailed("the LivePool was closed".into())),
                 rescue,
+                file_fault,
             );
         }
         if let Some(reason) = self.budget_exceeded(old, true) {
-            return (Err(reason), rescue);
+            return (Err(reason), rescue, file_fault);
         }
-        (self.reopen(old, &schema).await, rescue)
+        (self.reopen(old, &schema).await, rescue, file_fault)
     }
 
     /// Rescues what the dead handle sees, retrying until a rescue is saved,
@@ -304,7 +336,7 @@ impl Inner<Sqlite> {
                 super::identity::retire(file);
             }
             // What was open before the new pool: its own descriptors are the others.
-            let before = open_files().await;
+            let before = open_files(self.config.reopen_timeout).await;
             let reopen = Arc::clone(&self.backend.reopen);
             // The user's reopen runs on a task of its own: a panic in it is a
             // failed reopen, not a heal in flight for ever.
@@ -318,6 +350,7 @@ impl Inner<Sqlite> {
                 configured.clone(),
                 before,
                 Some(Instant::now()),
+                self.config.reopen_timeout,
             )
             .await
             .map_err(|err| GiveUpReason::VerifyFailed(err.to_string()))?;
@@ -426,6 +459,54 @@ async fn set_stale_companions_aside(file: DbFile) -> Result<(), String> {
         }
         Ok(Err(err)) => Err(failed(&err)),
         Err(stuck) => Err(failed(&stuck)),
+    }
+}
+
+/// After a give-up that rescued a database no longer at its path: leaves
+/// the marker that makes the next start refuse to open an empty database
+/// there, and says so in the reason.
+async fn leave_marker(
+    configured: &std::path::Path,
+    rescue: &std::path::Path,
+    gone: FileFault,
+    reason: GiveUpReason,
+) -> GiveUpReason {
+    let (db, saved) = (configured.to_path_buf(), rescue.to_path_buf());
+    let written = blocking::run(FS_BOUND, move || {
+        // A file at the path again (a restore already): nothing to refuse.
+        if std::fs::symlink_metadata(&db).is_ok() {
+            return Ok(None);
+        }
+        super::marker::write(&db, &saved, gone).map(Some)
+    })
+    .await;
+    let db = configured.display();
+    let rescue = rescue.display();
+    let how = match written {
+        Ok(Ok(Some(marker))) => {
+            let how = format!(
+                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored                  (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
+                marker.display()
+            );
+            tracing::error!(database = %db, rescue = %rescue, marker = %marker.display(), "{how}");
+            how
+        }
+        Ok(Ok(None)) => return reason,
+        Ok(Err(err)) => {
+            tracing::error!(database = %db, rescue = %rescue, error = %err, "the restore marker could not be written");
+            format!(
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start,                  which would otherwise open an empty database"
+            )
+        }
+        Err(stuck) => {
+            tracing::error!(database = %db, rescue = %rescue, error = %stuck, "the restore marker could not be written");
+            format!("its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start")
+        }
+    };
+    match reason {
+        GiveUpReason::ReopenFailed(why) => GiveUpReason::ReopenFailed(format!("{why}; {how}")),
+        GiveUpReason::VerifyFailed(why) => GiveUpReason::VerifyFailed(format!("{why}; {how}")),
+        other => other,
     }
 }
 

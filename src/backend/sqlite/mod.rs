@@ -4,6 +4,7 @@
 mod generation;
 mod heal;
 pub(crate) mod identity;
+mod marker;
 mod probe;
 pub(crate) mod rescue;
 mod watchdog;
@@ -146,6 +147,117 @@ pub(crate) fn spawn_watchdog(inner: &Arc<Inner<Sqlite>>, stop: tokio::sync::ones
 }
 
 impl LivePool<Sqlite> {
+    /// Refuses, with an error that names the rescue and how to restore it,
+    /// when the database at `db_path` was lost under a process that then
+    /// gave up and nobody has restored its rescue yet (or removed the
+    /// marker to start empty on purpose). [`open`](crate::LivePoolBuilder::open)
+    /// runs this check itself; call it before you open a pool of your own
+    /// with `create_if_missing(true)` (for
+    /// [`builder_with_pool`](LivePool::builder_with_pool)), so that pool
+    /// does not create an empty database at the path first.
+    ///
+    /// `rescue_dir` is the builder's [`rescue_dir`](crate::LivePoolBuilder::rescue_dir),
+    /// if you set one. A filesystem that does not answer within
+    /// `bound` is an error (a hung mount).
+    pub async fn check_pending_rescue(
+        db_path: impl AsRef<std::path::Path>,
+        rescue_dir: Option<&std::path::Path>,
+        bound: Duration,
+    ) -> Result<(), sqlx::Error> {
+        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
+        let dir = rescue_dir.map(std::path::Path::to_path_buf);
+        let shown = db.display().to_string();
+        let checked = blocking::run(bound, move || -> std::io::Result<Option<String>> {
+            let Some(pending) = marker::find(&db, dir.as_deref())? else {
+                return Ok(None);
+            };
+            if pending.restored() {
+                pending.retire()?;
+                tracing::warn!(database = %db.display(), rescue = %pending.rescue.display(), "the rescue was restored at the database's path; the restore marker is retired");
+                return Ok(None);
+            }
+            Ok(Some(pending.refusal()))
+        })
+        .await
+        .map_err(|stuck| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("checking for a pending rescue of {shown}: {stuck} (a hung mount?)"),
+            ))
+        })?
+        .map_err(sqlx::Error::Io)?;
+        match checked {
+            None => Ok(()),
+            Some(refusal) => {
+                tracing::error!("{refusal}");
+                Err(sqlx::Error::Configuration(refusal.into()))
+            }
+        }
+    }
+
+    /// Restores the rescue a give-up left for the database at `db_path`:
+    /// verifies it (a complete SQLite file whose `quick_check` is ok), sets
+    /// whatever is at the path and its `-wal`/`-shm`/`-journal` aside
+    /// (renamed `...replaced-<stamp>` / `...stale-<stamp>`, never
+    /// deleted), copies the rescue next to the path and renames it into
+    /// place (the rescue file stays where it is, as evidence) and retires the
+    /// marker. Run it while no process has the database open. Returns the
+    /// rescue that was restored.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// use tower_db_liveness::LivePool;
+    /// let restored = LivePool::restore_rescue("/var/lib/app/app.db", None).await?;
+    /// println!("restored {}", restored.display());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn restore_rescue(
+        db_path: impl AsRef<std::path::Path>,
+        rescue_dir: Option<&std::path::Path>,
+    ) -> Result<PathBuf, sqlx::Error> {
+        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
+        let dir = rescue_dir.map(std::path::Path::to_path_buf);
+        let found = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || marker::find(&db, dir.as_deref()))
+                .await
+                .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
+                .map_err(sqlx::Error::Io)?
+        };
+        let Some(pending) = found else {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no rescue is waiting to be restored at {}", db.display()),
+            )));
+        };
+        // SQLite's own verdict on the rescue, read-only.
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&pending.rescue)
+            .read_only(true);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        let verdict: String = sqlx::query_scalar("PRAGMA quick_check(1)")
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = sqlx::Connection::close(conn).await;
+        if verdict != "ok" {
+            return Err(sqlx::Error::Io(std::io::Error::other(format!(
+                "the rescue {} fails its check: {verdict}",
+                pending.rescue.display()
+            ))));
+        }
+        let rescue = pending.rescue.clone();
+        let set_aside = tokio::task::spawn_blocking(move || marker::put_back(&pending))
+            .await
+            .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
+            .map_err(sqlx::Error::Io)?;
+        for aside in set_aside {
+            tracing::warn!(moved_to = %aside.display(), "set aside before the restore");
+        }
+        tracing::warn!(database = %db.display(), rescue = %rescue.display(), "the rescue was restored at the database's path");
+        Ok(rescue)
+    }
+
     /// Compares the database file the pool opened with what its path leads
     /// to now, and reports a deleted, moved or replaced file to the policy
     /// (the watchdog runs this periodically).
