@@ -424,6 +424,15 @@ async fn main() -> Result<(), Error> {
                     temp_dir.path().join("notes.db")
                 }
             };
+            // After a give-up that lost the database, refuse to start (the
+            // error names the rescue and how to restore it) before our own
+            // pool's `create_if_missing(true)` makes an empty one.
+            LivePool::check_pending_rescue(
+                &db,
+                args.rescue_dir.as_deref(),
+                Duration::from_secs(60),
+            )
+            .await?;
             let options = SqliteConnectOptions::new()
                 .filename(&db)
                 .create_if_missing(true)
