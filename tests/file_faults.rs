@@ -43,7 +43,6 @@ enum Expected {
 struct Report {
     acknowledged: i64,
     rescued: i64,
-    detection: Duration,
 }
 
 async fn apply(db: &TestDb, kind: Kind) -> TestResult {
@@ -85,7 +84,13 @@ async fn scenario(
 ) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
     let db = TestDb::new(journal)?;
     let (live, reopens, mut exits) = open_live(&db, |b| {
-        let b = b.watchdog_interval(Some(Duration::from_millis(100)));
+        // With the filesystem watch, the poll is an hour away: the fault
+        // must be seen through the watch, or the test times out.
+        let poll = match watch {
+            Watch::Polling => Duration::from_millis(100),
+            Watch::FsEvents => Duration::from_secs(3600),
+        };
+        let b = b.watchdog_interval(Some(poll));
         #[cfg(feature = "fs-watch")]
         let b = b.fs_watch(watch == Watch::FsEvents);
         b
@@ -199,7 +204,6 @@ async fn scenario(
     Ok(Report {
         acknowledged,
         rescued,
-        detection,
     })
 }
 
@@ -235,7 +239,6 @@ macro_rules! fault_tests {
         async fn $name() -> TestResult {
             let report = scenario($journal, $kind, $expected, $watch).await?;
             assert_eq!(report.rescued, report.acknowledged);
-            assert!(report.detection > Duration::ZERO);
             Ok(())
         }
     )*};

@@ -289,10 +289,10 @@ impl Inner<Sqlite> {
             file_fault,
         };
         let before = data_version(conn).await;
-        let first = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
+        let mut latest = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
         let deadline = crate::live_pool::deadline_after(self.config.drain_timeout);
-        let Err(before) = seal_loop(conn, &ctx, before, Some(deadline)).await else {
-            return Some(first);
+        let Err(before) = seal_loop(conn, &ctx, before, Some(deadline), &mut latest).await else {
+            return Some(latest);
         };
         drop(sentinel);
         tracing::warn!(
@@ -312,10 +312,11 @@ impl Inner<Sqlite> {
                 fault: &fault,
                 file_fault,
             };
-            let _ = seal_loop(conn, &ctx, before, None).await;
+            let mut newest = PathBuf::new();
+            let _ = seal_loop(conn, &ctx, before, None, &mut newest).await;
         });
         self.retire(task);
-        Some(first)
+        Some(latest)
     }
 
     /// Reattaches the database that was open: never creates one (unless
@@ -510,6 +511,42 @@ async fn leave_marker(
     }
 }
 
+/// After a rescue taken once more (a write committed on the dead file after
+/// the last one): a restore marker left for this database names it now.
+async fn refresh_marker(ctx: &SealContext<'_>, saved: &std::path::Path) {
+    let Some(gone @ (FileFault::Deleted | FileFault::Moved)) = ctx.file_fault else {
+        return;
+    };
+    let (db, saved, dir) = (
+        ctx.file.configured().to_path_buf(),
+        saved.to_path_buf(),
+        ctx.config.dir.clone(),
+    );
+    let refreshed = blocking::run(FS_BOUND, move || -> std::io::Result<Option<PathBuf>> {
+        let Some(old) = super::marker::find(&db, dir.as_deref())? else {
+            return Ok(None);
+        };
+        let marker = super::marker::write(&db, &saved, gone)?;
+        if old.marker != marker {
+            old.retire()?;
+        }
+        Ok(Some(marker))
+    })
+    .await;
+    match refreshed {
+        Ok(Ok(Some(marker))) => {
+            tracing::error!(marker = %marker.display(), "the restore marker names the newest rescue now")
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "the restore marker could not be updated to the newest rescue")
+        }
+        Err(stuck) => {
+            tracing::error!(error = %stuck, "the restore marker could not be updated to the newest rescue")
+        }
+    }
+}
+
 /// What a rescue and a seal work on.
 struct SealContext<'a> {
     file: &'a DbFile,
@@ -574,6 +611,7 @@ async fn seal_loop(
     ctx: &SealContext<'_>,
     mut before: Option<i64>,
     deadline: Option<Instant>,
+    latest: &mut PathBuf,
 ) -> Result<(), Option<i64>> {
     loop {
         match seal(conn, before).await {
@@ -582,6 +620,9 @@ async fn seal_loop(
                 before = data_version(conn).await;
                 let saved = rescue_with_retries(conn, ctx, None).await;
                 tracing::error!(rescue = %saved.display(), generation = ctx.generation, "rescued again: a write was committed on the dead database after the last rescue");
+                // A restore marker left by a give-up names the newest rescue.
+                refresh_marker(ctx, &saved).await;
+                *latest = saved;
             }
             Seal::Busy if deadline.is_some_and(|d| Instant::now() >= d) => return Err(before),
             Seal::Busy => tokio::time::sleep(Duration::from_millis(20)).await,

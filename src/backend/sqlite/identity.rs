@@ -87,10 +87,16 @@ struct Companion {
     id: FileId,
 }
 
+/// A file's identity: device and inode number, and its birth time where
+/// the filesystem records one (statx's `btime`: ext4, xfs, btrfs, tmpfs on
+/// recent kernels). An inode number alone is not enough once the file may
+/// have been freed: ext4 hands a freed number to the next new file at once,
+/// and that file is born later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
     dev: u64,
     ino: u64,
+    born: Option<std::time::SystemTime>,
 }
 
 /// The companions SQLite keeps open for the life of a connection in WAL
@@ -335,6 +341,7 @@ fn file_id(meta: &std::fs::Metadata) -> FileId {
     FileId {
         dev: meta.dev(),
         ino: meta.ino(),
+        born: meta.created().ok(),
     }
 }
 
@@ -347,7 +354,11 @@ fn links(meta: &std::fs::Metadata) -> u64 {
 // Without inode numbers the identity degrades to "the path still exists".
 #[cfg(not(unix))]
 fn file_id(_meta: &std::fs::Metadata) -> FileId {
-    FileId { dev: 0, ino: 0 }
+    FileId {
+        dev: 0,
+        ino: 0,
+        born: None,
+    }
 }
 
 #[cfg(not(unix))]

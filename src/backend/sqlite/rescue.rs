@@ -305,6 +305,10 @@ fn check_trusted(fd: &OwnedFd, path: &Path) -> io::Result<()> {
 pub(crate) struct PrivateDir {
     pub(crate) path: PathBuf,
     pub(crate) fd: OwnedFd,
+    /// The trusted parent, and whether this made the directory: a failed
+    /// first attempt leaves no empty directory behind.
+    parent: OwnedFd,
+    created: bool,
 }
 
 impl PrivateDir {
@@ -313,12 +317,14 @@ impl PrivateDir {
     pub(crate) fn make(parent: &Path, name: &str) -> io::Result<Self> {
         let parent = std::fs::canonicalize(parent)?;
         let parent_fd = open_trusted(&parent)?;
-        match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) => {}
+        let created = match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
             Err(err) => return Err(err.into()),
-        }
-        Self::open_at(&parent_fd, &parent, name)
+        };
+        let mut dir = Self::open_at(parent_fd, &parent, name)?;
+        dir.created = created;
+        Ok(dir)
     }
 
     /// Opens an existing `<parent>/<name>` only if it is private (for
@@ -326,13 +332,22 @@ impl PrivateDir {
     pub(crate) fn open_existing(parent: &Path, name: &str) -> io::Result<Self> {
         let parent = std::fs::canonicalize(parent)?;
         let parent_fd = open_trusted(&parent)?;
-        Self::open_at(&parent_fd, &parent, name)
+        Self::open_at(parent_fd, &parent, name)
     }
 
-    fn open_at(parent_fd: &OwnedFd, parent: &Path, name: &str) -> io::Result<Self> {
+    /// Removes the directory this attempt made, only if it is empty.
+    fn remove_if_made(&self) {
+        if self.created
+            && let Some(name) = self.path.file_name()
+        {
+            let _ = rustix::fs::unlinkat(&self.parent, name, AtFlags::REMOVEDIR);
+        }
+    }
+
+    fn open_at(parent_fd: OwnedFd, parent: &Path, name: &str) -> io::Result<Self> {
         let path = parent.join(name);
         let fd = rustix::fs::openat(
-            parent_fd,
+            &parent_fd,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -372,7 +387,12 @@ impl PrivateDir {
             // Ours, and nobody else could write it: made private now.
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
         }
-        Ok(PrivateDir { path, fd })
+        Ok(PrivateDir {
+            path,
+            fd,
+            parent: parent_fd,
+            created: false,
+        })
     }
 }
 
@@ -417,9 +437,13 @@ impl Target {
                     });
                 }
                 Err(rustix::io::Errno::EXIST) => last = Some(io::ErrorKind::AlreadyExists.into()),
-                Err(err) => return Err(err.into()),
+                Err(err) => {
+                    dir.remove_if_made();
+                    return Err(err.into());
+                }
             }
         }
+        dir.remove_if_made();
         Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
     }
 
@@ -467,6 +491,7 @@ impl Target {
     async fn discard(self, bound: Duration) {
         let _ = blocking::run(bound, move || {
             let _ = rustix::fs::unlinkat(&self.dir.fd, self.name.as_str(), AtFlags::empty());
+            self.dir.remove_if_made();
         })
         .await;
     }
