@@ -366,6 +366,11 @@ async fn the_example_never_restarts_on_an_empty_database() -> TestResult {
 
     std::fs::rename(&rescue, &db.path)?;
     let mut example = Example::start(&args).await?;
+    // What the fault left (here the retired restore marker) is listed at
+    // open, with its size; nothing is deleted.
+    let listed = example.logged("files from earlier faults are kept").await?;
+    assert!(listed.contains("restore-needed-"), "{listed}");
+    assert!(listed.contains("bytes="), "{listed}");
     let http = Http::new(example.addr);
     let listed = http.get("/notes").await?;
     assert_eq!(listed.status, 200);

@@ -344,6 +344,9 @@ impl LivePoolBuilder<Sqlite> {
             }
             None => reopen,
         };
+        if let Some(path) = &configured {
+            LivePool::report_leftovers(path, rescue_dir.as_deref(), bound).await;
+        }
         let first = sqlite::open(pool, 0, configured, before, None, bound).await?;
         Ok(LivePool::start(
             first,

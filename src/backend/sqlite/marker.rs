@@ -288,6 +288,69 @@ pub(crate) fn put_back(pending: &Pending) -> io::Result<Vec<PathBuf>> {
     Ok(set_aside)
 }
 
+/// What earlier faults left for the operator: rescues, restore markers,
+/// and files set aside next to the database.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Leftovers {
+    pub(crate) files: Vec<(PathBuf, u64)>,
+}
+
+impl Leftovers {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, size)| size).sum()
+    }
+}
+
+/// Lists what earlier faults left for the database at `db_path`: the
+/// crate's rescue directories (the configured one, and under every ancestor
+/// of the path), and `-wal`/`-shm` set aside (`.stale-`) or a file replaced
+/// by a restore (`.replaced-`) next to it. Nothing is deleted.
+pub(crate) fn leftovers(db_path: &Path, rescue_dir: Option<&Path>) -> Leftovers {
+    let mut found = Leftovers::default();
+    let Some(stem) = db_path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return found;
+    };
+    let mut add = |path: PathBuf| {
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && meta.is_file()
+        {
+            found.files.push((path, meta.len()));
+        }
+    };
+    let dir_name = rescue::dir_name(db_path);
+    for parent in candidates(db_path, rescue_dir) {
+        let Ok(entries) = std::fs::read_dir(parent.join(&dir_name)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{stem}.rescued-"))
+                || name.starts_with(&format!("{stem}.restore-needed-"))
+            {
+                add(entry.path());
+            }
+        }
+    }
+    if let Some(dir) = db_path.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let set_aside = [
+                format!("{stem}-wal.stale-"),
+                format!("{stem}-shm.stale-"),
+                format!("{stem}-journal.stale-"),
+                format!("{stem}.replaced-"),
+            ];
+            if set_aside.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+                add(entry.path());
+            }
+        }
+    }
+    found.files.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,6 +195,37 @@ impl LivePool<Sqlite> {
         }
     }
 
+    /// Lists, logs and publishes (metrics `db_liveness_leftover_files` and
+    /// `_bytes`) what earlier faults left for the database at `db_path`.
+    pub(crate) async fn report_leftovers(
+        db_path: &std::path::Path,
+        rescue_dir: Option<&std::path::Path>,
+        bound: Duration,
+    ) {
+        let (db, dir) = (db_path.to_path_buf(), rescue_dir.map(std::path::Path::to_path_buf));
+        let Ok(found) = blocking::run(bound, move || marker::leftovers(&db, dir.as_deref())).await
+        else {
+            return;
+        };
+        crate::metrics::leftovers(found.files.len(), found.bytes());
+        if found.files.is_empty() {
+            return;
+        }
+        let list: Vec<String> = found
+            .files
+            .iter()
+            .map(|(path, size)| format!("{} ({size} B)", path.display()))
+            .collect();
+        tracing::warn!(
+            database = %db_path.display(),
+            files = found.files.len(),
+            bytes = found.bytes(),
+            "files from earlier faults are kept (rescues, restore markers, set-aside -wal/-shm); \
+             the crate never deletes them: remove them once the database is checked: {}",
+            list.join(", ")
+        );
+    }
+
     /// Restores the rescue a give-up left for the database at `db_path`:
     /// verifies it (a complete SQLite file whose `quick_check` is ok), sets
     /// whatever is at the path and its `-wal`/`-shm`/`-journal` aside
