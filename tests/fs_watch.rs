@@ -80,8 +80,8 @@ async fn the_watch_wakes_the_watchdog() -> TestResult {
 
 /// Counts the watchdog's identity checks (its trace event per check).
 mod checks {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tracing_subscriber::layer::{Context, SubscriberExt};
 
@@ -175,9 +175,14 @@ async fn a_storm_of_unrelated_events_costs_no_identity_checks() -> TestResult {
     })
     .await?;
     let during = checks::now() - before;
-    eprintln!("identity checks during 10,000 unrelated create+unlink pairs and one own event: {during}");
+    eprintln!(
+        "identity checks during 10,000 unrelated create+unlink pairs and one own event: {during}"
+    );
     // The own name's create and remove: at most one check each.
-    assert!(during <= 2, "{during} identity checks for a storm of unrelated events");
+    assert!(
+        during <= 2,
+        "{during} identity checks for a storm of unrelated events"
+    );
     assert!(matches!(
         live.status(),
         PoolStatus::Live { generation: 0, .. }

@@ -360,9 +360,15 @@ async fn the_example_never_restarts_on_an_empty_database() -> TestResult {
 
     let (status, stderr) = Example::refused_start(&args).await?;
     assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains(&rescue), "the refusal names {rescue}:\n{stderr}");
+    assert!(
+        stderr.contains(&rescue),
+        "the refusal names {rescue}:\n{stderr}"
+    );
     assert!(stderr.contains("mv '"), "{stderr}");
-    assert!(!db.path.exists(), "an empty database was created at the path");
+    assert!(
+        !db.path.exists(),
+        "an empty database was created at the path"
+    );
 
     std::fs::rename(&rescue, &db.path)?;
     let mut example = Example::start(&args).await?;
@@ -375,7 +381,11 @@ async fn the_example_never_restarts_on_an_empty_database() -> TestResult {
     let listed = http.get("/notes").await?;
     assert_eq!(listed.status, 200);
     for body in &acknowledged {
-        assert!(listed.body.contains(body.as_str()), "{body}: {}", listed.body);
+        assert!(
+            listed.body.contains(body.as_str()),
+            "{body}: {}",
+            listed.body
+        );
     }
     example.kill().await?;
     Ok(())
@@ -387,7 +397,11 @@ async fn the_example_never_restarts_on_an_empty_database() -> TestResult {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_starts_on_a_slow_mount() -> TestResult {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
         return Err("this test needs strace".into());
     }
     let db = TestDb::new(SqliteJournalMode::Wal)?;

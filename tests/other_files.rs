@@ -14,7 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tower_db_liveness::{ErrorClass, Outcome, PoolStatus, classify};
 
 /// A real database of several pages whose page 2 is then overwritten.
-async fn corrupt_file(db: &TestDb) -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+async fn corrupt_file(
+    db: &TestDb,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
     let path = db.root.path().join("upload-corrupt.db");
     let pool = SqlitePool::connect_with(
         SqliteConnectOptions::new()
@@ -76,7 +78,10 @@ async fn errors_from_attached_files_and_backup_targets_are_not_the_pools() -> Te
             let mut conn = lease.pool().acquire().await?;
             let mut failed = None;
             for statement in statements {
-                if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *conn).await {
+                if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&mut *conn)
+                    .await
+                {
                     failed = Some(err);
                     break;
                 }

@@ -205,7 +205,10 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
             .find(|(name, _)| *name == "db_liveness_rescues_total{result=\"failed\"}")
             .and_then(|(_, value)| value.parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(failed >= f64::from(attempts), "{failed} < {attempts}:\n{text}");
+        assert!(
+            failed >= f64::from(attempts),
+            "{failed} < {attempts}:\n{text}"
+        );
     }
 
     let (http_status, health) = health_get(&live).await?;
@@ -284,7 +287,9 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
     assert_eq!(in_private.len(), 2, "{in_private:?}");
     assert!(in_private.contains(&rescue_name), "{in_private:?}");
     assert!(
-        in_private.iter().any(|n| n.starts_with("app.db.restore-needed-")),
+        in_private
+            .iter()
+            .any(|n| n.starts_with("app.db.restore-needed-")),
         "the restore marker: {in_private:?}"
     );
     assert_eq!(entries(&rescue_dir)?, vec!["app.db.rescues".to_owned()]);

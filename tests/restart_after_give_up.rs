@@ -250,7 +250,10 @@ async fn rm_rf_while_serving_five_runs_per_journal_mode() -> TestResult {
             assert_eq!(gave_up.exit_code, 1);
             assert!(exits.next().await.is_some());
             common::within("the close", live.close()).await?;
-            assert!(!db.dir.exists(), "{journal:?} run {run}: the directory is back");
+            assert!(
+                !db.dir.exists(),
+                "{journal:?} run {run}: the directory is back"
+            );
             // Every acknowledged note is in a rescue outside the directory
             // (the last one, after the seal, holds them all).
             let rescues_dir = std::fs::canonicalize(db.root.path())?.join("app.db.rescues");

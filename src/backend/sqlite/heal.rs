@@ -501,7 +501,9 @@ async fn leave_marker(
         }
         Err(stuck) => {
             tracing::error!(database = %db, rescue = %rescue, error = %stuck, "the restore marker could not be written");
-            format!("its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start")
+            format!(
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start"
+            )
         }
     };
     match reason {

@@ -307,7 +307,10 @@ impl Leftovers {
 /// by a restore (`.replaced-`) next to it. Nothing is deleted.
 pub(crate) fn leftovers(db_path: &Path, rescue_dir: Option<&Path>) -> Leftovers {
     let mut found = Leftovers::default();
-    let Some(stem) = db_path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+    let Some(stem) = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
         return found;
     };
     let mut add = |path: PathBuf| {
@@ -342,7 +345,10 @@ pub(crate) fn leftovers(db_path: &Path, rescue_dir: Option<&Path>) -> Leftovers 
                 format!("{stem}-journal.stale-"),
                 format!("{stem}.replaced-"),
             ];
-            if set_aside.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+            if set_aside
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+            {
                 add(entry.path());
             }
         }

@@ -83,7 +83,9 @@ impl Sealed for Sqlite {
             // as the pool's own file. Fatal for the pool only once the file
             // identity or a read of the main database confirms it, off the
             // request path.
-            Some(code) if code != READONLY_DBMOVED && OTHER_FILE_POSSIBLE.contains(&(code & 0xff)) => {
+            Some(code)
+                if code != READONLY_DBMOVED && OTHER_FILE_POSSIBLE.contains(&(code & 0xff)) =>
+            {
                 Triage::Check(Arc::clone(inner).confirm(generation, fault))
             }
             // READONLY_DBMOVED (1032) is about the pool's own file; a crashed
@@ -202,7 +204,10 @@ impl LivePool<Sqlite> {
         rescue_dir: Option<&std::path::Path>,
         bound: Duration,
     ) {
-        let (db, dir) = (db_path.to_path_buf(), rescue_dir.map(std::path::Path::to_path_buf));
+        let (db, dir) = (
+            db_path.to_path_buf(),
+            rescue_dir.map(std::path::Path::to_path_buf),
+        );
         let Ok(found) = blocking::run(bound, move || marker::leftovers(&db, dir.as_deref())).await
         else {
             return;

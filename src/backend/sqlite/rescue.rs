@@ -380,7 +380,10 @@ impl PrivateDir {
             // Others could have put things in it: not the crate's private place.
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{} can be written by other users (mode {mode:o})", path.display()),
+                format!(
+                    "{} can be written by other users (mode {mode:o})",
+                    path.display()
+                ),
             ));
         }
         if mode & 0o077 != 0 {
@@ -416,11 +419,7 @@ impl Target {
             let created = rustix::fs::openat(
                 &dir.fd,
                 name.as_str(),
-                OFlags::CREATE
-                    | OFlags::EXCL
-                    | OFlags::NOFOLLOW
-                    | OFlags::RDWR
-                    | OFlags::CLOEXEC,
+                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::RDWR | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             );
             match created {
@@ -452,8 +451,9 @@ impl Target {
     fn verify(&self) -> io::Result<()> {
         let held = rustix::fs::fstat(&self.file)?;
         let fail = |what: String| io::Error::other(format!("{}: {what}", self.path.display()));
-        let linked = rustix::fs::statat(&self.dir.fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|err| fail(format!("not linked in the rescue directory ({err})")))?;
+        let linked =
+            rustix::fs::statat(&self.dir.fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|err| fail(format!("not linked in the rescue directory ({err})")))?;
         if (linked.st_dev, linked.st_ino) != (held.st_dev, held.st_ino) {
             return Err(fail("another file is linked at the name".into()));
         }
@@ -515,7 +515,7 @@ pub(crate) fn complete(fd: impl AsFd, size: u64) -> Result<(), String> {
     // The in-header size is valid when the change counter matches
     // "version-valid-for" (always, for a file VACUUM INTO wrote).
     let valid = header[24..28] == header[92..96];
-    if page_size < 512 || size == 0 || size % page_size != 0 || (valid && pages * page_size != size)
+    if page_size < 512 || size == 0 || !size.is_multiple_of(page_size) || (valid && pages * page_size != size)
     {
         return Err(format!(
             "not a complete SQLite database ({size} bytes, {pages} pages of {page_size})"
@@ -538,7 +538,11 @@ mod tests {
         assert_ne!(first.path, second.path);
         assert_eq!(
             first.path.parent(),
-            Some(std::fs::canonicalize(dir.path())?.join("app.db.rescues").as_path())
+            Some(
+                std::fs::canonicalize(dir.path())?
+                    .join("app.db.rescues")
+                    .as_path()
+            )
         );
         let (a, b) = (first.name.clone(), second.name.clone());
         assert!(a.starts_with("app.db.rescued-"), "{a}");

@@ -83,7 +83,10 @@ async fn run(
             () = events.watch(dir, names) => {}
         }
         let Some(file) = file else { continue };
-        tracing::trace!(generation = number, "watchdog: checking the database file's identity");
+        tracing::trace!(
+            generation = number,
+            "watchdog: checking the database file's identity"
+        );
         let read_only = inner.upgrade().is_some_and(|i| i.is_read_only(number));
         let checked = tokio::select! {
             _ = &mut stop => return,
@@ -234,9 +237,9 @@ mod fs_events {
                                     ) && event.paths.iter().any(|path| {
                                         *path == filter_dir
                                             || (path.parent() == Some(filter_dir.as_path())
-                                                && path
-                                                    .file_name()
-                                                    .is_some_and(|n| filter_names.iter().any(|w| w == n)))
+                                                && path.file_name().is_some_and(|n| {
+                                                    filter_names.iter().any(|w| w == n)
+                                                }))
                                     }))
                             }
                             // A broken watch: let the poll look right away.
