@@ -665,14 +665,28 @@ async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
 }
 
 /// Reads the main database: page 1, then SQLite's `quick_check` of the main
-/// schema only (never an attached one). `Some` names a problem the check
-/// found without an error.
+/// schema only (never an attached one), on a connection of its own opened
+/// for this: a pool connection may answer from pages it cached before the
+/// damage (an in-place change that leaves the header's change counter as it
+/// was). Read-only, and never creating a file. `Some` names a problem the
+/// check found without an error.
 async fn read_main(pool: &sqlx::SqlitePool) -> Result<Option<String>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    super::generation::read_page(&mut *conn).await?;
-    let rows: Vec<String> = sqlx::query_scalar("PRAGMA main.quick_check(1)")
-        .fetch_all(&mut *conn)
-        .await?;
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .read_only(true)
+        .create_if_missing(false);
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    let checked = async {
+        super::generation::read_page(&mut conn).await?;
+        sqlx::query_scalar::<_, String>("PRAGMA main.quick_check(1)")
+            .fetch_all(&mut conn)
+            .await
+    }
+    .await;
+    let _ = conn.close().await;
+    let rows = checked?;
     Ok(match rows.first().map(String::as_str) {
         Some("ok") => None,
         Some(problem) => Some(problem.to_owned()),
