@@ -406,6 +406,7 @@ async fn the_example_starts_on_a_slow_mount() -> TestResult {
     }
     let db = TestDb::new(SqliteJournalMode::Wal)?;
     let db_path = db.path.display().to_string();
+    let started = std::time::Instant::now();
     let mut example = Example::start_wrapped(
         "strace",
         &[
@@ -423,13 +424,21 @@ async fn the_example_starts_on_a_slow_mount() -> TestResult {
         &["--db", db_path.as_str()],
     )
     .await?;
+    eprintln!(
+        "listening {:?} after the start, every statx of the path taking 3 s",
+        started.elapsed()
+    );
     let http = Http::new(example.addr);
     assert_eq!(http.post("/notes", "on a slow mount").await?.status, 201);
     // Liveness: the process is fine. Readiness and /health answer (a check
     // that takes 3 s is reported as not answering within the probe's bound).
+    let asked = std::time::Instant::now();
     assert_eq!(http.get("/livez").await?.status, 200);
+    eprintln!("/livez: 200 in {:?}", asked.elapsed());
     for route in ["/readyz", "/health"] {
+        let asked = std::time::Instant::now();
         let answer = http.get(route).await?;
+        eprintln!("{route}: {} in {:?}", answer.status, asked.elapsed());
         assert!(
             [200, 503].contains(&answer.status.as_u16()),
             "{route}: {answer:?}"

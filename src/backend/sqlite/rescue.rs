@@ -515,7 +515,10 @@ pub(crate) fn complete(fd: impl AsFd, size: u64) -> Result<(), String> {
     // The in-header size is valid when the change counter matches
     // "version-valid-for" (always, for a file VACUUM INTO wrote).
     let valid = header[24..28] == header[92..96];
-    if page_size < 512 || size == 0 || !size.is_multiple_of(page_size) || (valid && pages * page_size != size)
+    if page_size < 512
+        || size == 0
+        || !size.is_multiple_of(page_size)
+        || (valid && pages * page_size != size)
     {
         return Err(format!(
             "not a complete SQLite database ({size} bytes, {pages} pages of {page_size})"
