@@ -243,3 +243,30 @@ async fn a_racer_who_recreated_the_directory_gets_nothing() -> TestResult {
 async fn a_racer_planting_symlinks_gets_nothing() -> TestResult {
     rounds(SetUp::Symlink).await
 }
+
+/// Issue 18.1: a rescue is mode 0600, or the database's own mode where
+/// that is stricter (root writes a 0400 file all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_is_never_less_private_than_the_database() -> TestResult {
+    for (db_mode, expected) in [(0o644, 0o600), (0o400, 0o400)] {
+        let db = TestDb::new(SqliteJournalMode::Wal)?;
+        let (live, _reopens, mut exits) = open_live(&db, |b| b).await?;
+        insert(&live.pool(), "private").await?;
+        warm(&live.pool()).await?;
+        std::fs::set_permissions(&db.path, std::fs::Permissions::from_mode(db_mode))?;
+        db.unlink_files()?;
+        let outcome = common::within("the file check", live.check_file())
+            .await?
+            .ok_or("the file check found nothing")?;
+        let Outcome::GaveUp(gave_up) = outcome else {
+            return Err(format!("expected a give-up, got {outcome:?}").into());
+        };
+        assert!(exits.next().await.is_some());
+        let rescue = gave_up.rescue.ok_or("no rescue")?;
+        let mode = std::fs::metadata(&rescue)?.mode() & 0o7777;
+        assert_eq!(mode, expected, "database {db_mode:o}: rescue {mode:o}");
+        assert_eq!(count_in_file(&rescue).await?, 1);
+        live.close().await;
+    }
+    Ok(())
+}

@@ -274,6 +274,13 @@ impl Inner<Sqlite> {
         file_fault: Option<FileFault>,
     ) -> Option<PathBuf> {
         let file = old.file.as_ref()?;
+        let db_mode = {
+            let file = file.clone();
+            blocking::run(FS_BOUND, move || file.open_mode())
+                .await
+                .ok()
+                .flatten()
+        };
         let mut sentinel = old.sentinel.lock().await;
         let conn = sentinel.as_mut()?;
         // The sentinel waits on locks itself, in short steps.
@@ -287,6 +294,7 @@ impl Inner<Sqlite> {
             generation: old.number,
             fault,
             file_fault,
+            db_mode,
         };
         let before = data_version(conn).await;
         let mut latest = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
@@ -311,6 +319,7 @@ impl Inner<Sqlite> {
                 generation: old.number,
                 fault: &fault,
                 file_fault,
+                db_mode,
             };
             let mut newest = PathBuf::new();
             let _ = seal_loop(conn, &ctx, before, None, &mut newest).await;
@@ -557,6 +566,8 @@ struct SealContext<'a> {
     fault: &'a Fault,
     /// What happened to the file (where the rescue may go depends on it).
     file_fault: Option<FileFault>,
+    /// The database's own permission bits (a rescue is never less private).
+    db_mode: Option<u32>,
 }
 
 /// Rescues with back-off until a rescue is saved: the dead handle may hold
@@ -570,7 +581,7 @@ async fn rescue_with_retries(
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
-        match rescue::rescue(conn, ctx.file.path(), ctx.config, ctx.file_fault).await {
+        match rescue::rescue(conn, ctx.file.path(), ctx.config, ctx.file_fault, ctx.db_mode).await {
             Ok(path) => {
                 crate::metrics::rescue_saved(&path).await;
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");

@@ -233,6 +233,15 @@ impl DbFile {
         Ok(moved)
     }
 
+    /// The permission bits of the file this process has open (found through
+    /// `/proc/self/fd`, so also for a deleted file); `None` when unknown.
+    pub(crate) fn open_mode(&self) -> Option<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        descriptors()
+            .find(|(_, meta)| file_id(meta) == self.id)
+            .map(|(_, meta)| meta.permissions().mode() & 0o7777)
+    }
+
     /// Tells a deletion from a move by the link count of the file this
     /// process still has open (Linux: found through `/proc/self/fd`).
     fn gone_fault(&self) -> FileFault {

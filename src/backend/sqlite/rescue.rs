@@ -110,7 +110,10 @@ pub(crate) async fn rescue(
     db_path: &Path,
     config: &RescueConfig,
     fault: Option<FileFault>,
+    db_mode: Option<u32>,
 ) -> Result<PathBuf, RescueError> {
+    // 0600, or the database's own mode where it is stricter (0400, 0000).
+    let mode = db_mode.map_or(0o600, |db| db & 0o600);
     let (configured, db) = (config.dir.clone(), db_path.to_path_buf());
     let places = blocking::run(FS_BOUND, move || places(configured.as_deref(), &db, fault))
         .await
@@ -120,7 +123,7 @@ pub(crate) async fn rescue(
         code: None,
     };
     for parent in places {
-        match rescue_into(conn, &parent, db_path, config.timeout).await {
+        match rescue_into(conn, &parent, db_path, config.timeout, mode).await {
             Ok(path) => return Ok(path),
             Err(err) => {
                 if let sqlx::Error::Database(db) = &err {
@@ -142,6 +145,7 @@ async fn rescue_into(
     parent: &Path,
     db_path: &Path,
     timeout: Duration,
+    mode: u32,
 ) -> Result<PathBuf, sqlx::Error> {
     let (parent_owned, db) = (parent.to_path_buf(), db_path.to_path_buf());
     let target = blocking::run(FS_BOUND, move || Target::create(&parent_owned, &db))
@@ -177,7 +181,7 @@ async fn rescue_into(
     }
     let target = std::sync::Arc::new(target);
     let verifying = std::sync::Arc::clone(&target);
-    let verified = blocking::run(FS_BOUND, move || verifying.verify()).await;
+    let verified = blocking::run(FS_BOUND, move || verifying.verify(mode)).await;
     match verified {
         Ok(Ok(())) => Ok(target.path.clone()),
         Ok(Err(err)) => {
@@ -447,8 +451,13 @@ impl Target {
     }
 
     /// After the copy: the file the crate created and holds is the one
-    /// linked at the reported path, private and complete; synced to disk.
-    fn verify(&self) -> io::Result<()> {
+    /// linked at the reported path, private (`mode`: 0600, or stricter when
+    /// the database is) and complete; synced to disk.
+    fn verify(&self, mode: u32) -> io::Result<()> {
+        if mode != 0o600 {
+            // Written while 0600 (SQLite opens it for writing by name).
+            rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode))?;
+        }
         let held = rustix::fs::fstat(&self.file)?;
         let fail = |what: String| io::Error::other(format!("{}: {what}", self.path.display()));
         let linked =
@@ -470,9 +479,9 @@ impl Target {
                 held.st_nlink
             )));
         }
-        if held.st_mode as u32 & 0o7777 != 0o600 {
+        if held.st_mode as u32 & 0o7777 != mode {
             return Err(fail(format!(
-                "mode {:o}, not 600",
+                "mode {:o}, not {mode:o}",
                 held.st_mode as u32 & 0o7777
             )));
         }
@@ -565,7 +574,7 @@ mod tests {
         let dir_mode = std::fs::metadata(&first.dir.path)?.permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
         // An empty target is not a saved rescue.
-        assert!(first.verify().is_err());
+        assert!(first.verify(0o600).is_err());
         Ok(())
     }
 
