@@ -14,7 +14,7 @@
 //!   --grace-secs N     on a give-up, how long requests in flight may take (default: 10)
 //! SQLite only:
 //!   --journal MODE     wal or delete (default: wal)
-//!   --rescue-dir DIR   where rescue files go (default: next to the database)
+//!   --rescue-dir DIR   where rescue files go (default: beside the database's directory)
 //!   --watchdog-ms MS   how often the file's identity is checked; 0 turns it off (default: 1000)
 //! PostgreSQL only:
 //!   --failover-secs N  how long a failover may take to produce a writable primary

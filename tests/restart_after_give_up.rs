@@ -283,3 +283,54 @@ async fn rm_rf_while_serving_five_runs_per_journal_mode() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 18.6: rescues are never deleted by the crate, unless the user opts
+/// into a retention, which keeps at least the newest. Three restores by
+/// rename, three heals, three rescues: all kept by default; with
+/// `keep_rescues(1)` only the newest, which holds the last live row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescues_are_kept_unless_a_retention_is_chosen() -> TestResult {
+    for keep in [None, Some(1usize)] {
+        let db = TestDb::new(SqliteJournalMode::Wal)?;
+        let (live, _reopens, _exits) = common::open_live(&db, |b| {
+            let b = b
+                .max_heals(10, Duration::from_secs(600))
+                .recurrence_window(Duration::ZERO);
+            match keep {
+                Some(n) => b.keep_rescues(n),
+                None => b,
+            }
+        })
+        .await?;
+        let mut last = None;
+        for round in 0..3 {
+            insert(&live.pool(), &format!("live row {round}")).await?;
+            warm(&live.pool()).await?;
+            let restore = db.backup(&format!("restore-{round}.db"), 1).await?;
+            std::fs::rename(&restore, &db.path)?;
+            let outcome = common::within("the file check", live.check_file())
+                .await?
+                .ok_or("the file check found nothing")?;
+            let Outcome::Healed(healed) = outcome else {
+                return Err(format!("round {round}: expected a heal, got {outcome:?}").into());
+            };
+            last = healed.rescue;
+        }
+        live.close().await;
+        let last = last.ok_or("no rescue")?;
+        let dir = last.parent().ok_or("no parent")?;
+        let rescues: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().contains(".rescued-"))
+            .collect();
+        let expected = keep.unwrap_or(3);
+        assert_eq!(rescues.len(), expected, "keep {keep:?}: {rescues:?}");
+        assert!(rescues.contains(&last), "the newest rescue is kept");
+        assert!(
+            common::bodies_in_file(&last)
+                .await?
+                .contains(&"live row 2".to_owned())
+        );
+    }
+    Ok(())
+}

@@ -225,10 +225,16 @@ impl LivePoolBuilder<Sqlite> {
         self
     }
 
-    /// The directory tried first for rescue files. Default: none; rescue
-    /// files go next to the database file, or, when its directory is gone,
-    /// into the nearest existing ancestor (both are always tried after this
-    /// one).
+    /// The directory tried first for rescue files. Default: none.
+    ///
+    /// Rescues go into the crate's private `<file>.rescues/` directory
+    /// (mode 0700) made under the first place that qualifies: this one;
+    /// then, for a deleted or moved file, the nearest existing directory
+    /// above the database's directory before the database's directory
+    /// itself (an `rm -rf` of it completes); for other faults the
+    /// database's directory first. A place qualifies only when nobody but
+    /// root and the service's user can change any directory on the way
+    /// (sticky ones such as `/tmp` excepted).
     pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.rescue.dir = Some(dir.into());
         self
@@ -240,6 +246,16 @@ impl LivePoolBuilder<Sqlite> {
     /// mount does not answer within this. Default: 60 s.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.config.startup_timeout = timeout;
+        self
+    }
+
+    /// Opt in to a retention of rescue files: after each rescue is saved,
+    /// only the newest `keep` rescues of this database stay in its rescue
+    /// directory (at least 1, whatever `keep` says; a rescue a restore
+    /// marker names is never removed). Default: off, every rescue is kept
+    /// until you delete it.
+    pub fn keep_rescues(mut self, keep: usize) -> Self {
+        self.config.rescue.keep = Some(keep.max(1));
         self
     }
 

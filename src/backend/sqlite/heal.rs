@@ -558,6 +558,20 @@ async fn refresh_marker(ctx: &SealContext<'_>, saved: &std::path::Path) {
     }
 }
 
+/// The retention the user opted into (`LivePoolBuilder::keep_rescues`).
+async fn prune_rescues(saved: &std::path::Path, db: &std::path::Path, keep: usize) {
+    let (saved, db) = (saved.to_path_buf(), db.to_path_buf());
+    match blocking::run(FS_BOUND, move || rescue::prune(&saved, &db, keep)).await {
+        Ok(Ok(removed)) => {
+            for path in removed {
+                tracing::warn!(removed = %path.display(), keep, "an older rescue was removed, as keep_rescues asks");
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(error = %err, "older rescues could not be pruned"),
+        Err(stuck) => tracing::warn!(error = %stuck, "older rescues could not be pruned"),
+    }
+}
+
 /// What a rescue and a seal work on.
 struct SealContext<'a> {
     file: &'a DbFile,
@@ -581,9 +595,20 @@ async fn rescue_with_retries(
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
-        match rescue::rescue(conn, ctx.file.path(), ctx.config, ctx.file_fault, ctx.db_mode).await {
+        match rescue::rescue(
+            conn,
+            ctx.file.path(),
+            ctx.config,
+            ctx.file_fault,
+            ctx.db_mode,
+        )
+        .await
+        {
             Ok(path) => {
                 crate::metrics::rescue_saved(&path).await;
+                if let Some(keep) = ctx.config.keep {
+                    prune_rescues(&path, ctx.file.path(), keep).await;
+                }
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
                 if attempts > 0
                     && let Some(status) = status

@@ -60,6 +60,10 @@ pub(crate) struct RescueConfig {
     /// Tried first when set.
     pub(crate) dir: Option<PathBuf>,
     pub(crate) timeout: Duration,
+    /// Opted in: after a rescue is saved, keep only the newest this many
+    /// rescues of this database in its rescue directory (at least 1, and
+    /// never one a restore marker names). `None`: keep every one.
+    pub(crate) keep: Option<usize>,
 }
 
 impl Default for RescueConfig {
@@ -68,8 +72,58 @@ impl Default for RescueConfig {
             enabled: true,
             dir: None,
             timeout: Duration::from_secs(30),
+            keep: None,
         }
     }
+}
+
+/// The retention the user opted into: in the private directory of `saved`,
+/// removes this database's rescues older than the newest `keep` (at least
+/// one: `saved` itself), except any a restore marker there names. Returns
+/// what was removed.
+pub(crate) fn prune(saved: &Path, db_path: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(dir_name)) = (saved.parent(), saved.parent().and_then(Path::file_name))
+    else {
+        return Ok(Vec::new());
+    };
+    let private = PrivateDir::open_existing(
+        dir.parent().unwrap_or(Path::new("/")),
+        &dir_name.to_string_lossy(),
+    )?;
+    let stem = file_stem(db_path);
+    let (prefix, marker_prefix) = (
+        format!("{stem}.rescued-"),
+        format!("{stem}.restore-needed-"),
+    );
+    let mut rescues = Vec::new();
+    let mut named = Vec::new();
+    for entry in std::fs::read_dir(&private.path)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".db") {
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
+            rescues.push((modified, name));
+        } else if name.starts_with(&marker_prefix) && !name.contains(".restored-") {
+            if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                named.extend(
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("rescue="))
+                        .map(PathBuf::from),
+                );
+            }
+        }
+    }
+    // Newest first: by modification time, then by name (its UTC stamp).
+    rescues.sort_by(|a, b| b.cmp(a));
+    let mut removed = Vec::new();
+    for (_, name) in rescues.into_iter().skip(keep.max(1)) {
+        let path = private.path.join(&name);
+        if path == saved || named.contains(&path) {
+            continue;
+        }
+        rustix::fs::unlinkat(&private.fd, name.as_str(), AtFlags::empty())?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// Why a rescue attempt failed, at every place it tried.
