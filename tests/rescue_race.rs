@@ -270,3 +270,51 @@ async fn a_rescue_is_never_less_private_than_the_database() -> TestResult {
     }
     Ok(())
 }
+
+/// When neither the database's directory nor any place above it can be
+/// trusted (both writable by other users), the rescue still lands in a
+/// private directory: under the system's temporary directory, the last
+/// resort; and the restart's refusal finds it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_trusted_place_nearby_the_rescue_goes_to_the_temporary_directory() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, _reopens, mut exits) = open_live(&db, |b| b).await?;
+    insert(&live.pool(), "kept").await?;
+    warm(&live.pool()).await?;
+    std::fs::set_permissions(db.root.path(), std::fs::Permissions::from_mode(0o777))?;
+    std::fs::set_permissions(&db.dir, std::fs::Permissions::from_mode(0o777))?;
+    db.unlink_files()?;
+    let outcome = common::within("the file check", live.check_file())
+        .await?
+        .ok_or("the file check found nothing")?;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(exits.next().await.is_some());
+    live.close().await;
+    let rescue = gave_up.rescue.ok_or("no rescue")?;
+    let private = std::fs::canonicalize(std::env::temp_dir())?.join("app.db.rescues");
+    assert_eq!(rescue.parent(), Some(private.as_path()));
+    assert_no_one_else_can_change(&rescue)?;
+    assert_eq!(count_in_file(&rescue).await?, 1);
+    let refused = tower_db_liveness::LivePool::check_pending_rescue(
+        &db.path,
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let text = refused
+        .err()
+        .ok_or("the restart was not refused")?
+        .to_string();
+    assert!(text.contains(&rescue.display().to_string()), "{text}");
+    // This test's files in the shared temporary directory.
+    std::fs::remove_file(&rescue)?;
+    for entry in std::fs::read_dir(&private)? {
+        let path = entry?.path();
+        if text.contains(&path.display().to_string()) {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}

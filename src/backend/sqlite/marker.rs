@@ -134,6 +134,11 @@ fn candidates(db_path: &Path, rescue_dir: Option<&Path>) -> Vec<PathBuf> {
             parents.push(ancestor.to_path_buf());
         }
     }
+    // The rescue's last resort (see `rescue::places`).
+    let temp = std::env::temp_dir();
+    if !parents.contains(&temp) {
+        parents.push(temp);
+    }
     parents
 }
 

@@ -276,6 +276,11 @@ fn places(configured: Option<&Path>, db_path: &Path, fault: Option<FileFault>) -
             push(dir);
         }
     }
+    // The last resort when none of those can be trusted (a root process
+    // with its database in another user's directory, say): the system's
+    // temporary directory, sticky like /tmp. Better a rescue there than
+    // none; the log and the give-up name it.
+    push(&std::env::temp_dir());
     places
 }
 
@@ -598,7 +603,10 @@ mod tests {
     fn names_are_unpredictable_and_private() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("gone").join("app.db");
-        assert_eq!(places(None, &db, None), vec![dir.path().to_path_buf()]);
+        assert_eq!(
+            places(None, &db, None),
+            vec![dir.path().to_path_buf(), std::env::temp_dir()]
+        );
         let first = Target::create(dir.path(), &db)?;
         let second = Target::create(dir.path(), &db)?;
         assert_ne!(first.path, second.path);
@@ -641,19 +649,20 @@ mod tests {
         std::fs::create_dir(&rescue)?;
         let db = data.join("app.db");
         let top = root.path().to_path_buf();
+        let tmp = std::env::temp_dir();
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Replaced)),
-            vec![rescue.clone(), data.clone(), top.clone()]
+            vec![rescue.clone(), data.clone(), top.clone(), tmp.clone()]
         );
         // A deletion may be an `rm -rf` of the directory under way.
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Deleted)),
-            vec![rescue.clone(), top.clone(), data.clone()]
+            vec![rescue.clone(), top.clone(), data.clone(), tmp.clone()]
         );
         std::fs::remove_dir(&data)?;
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Deleted)),
-            vec![rescue, top]
+            vec![rescue, top, tmp]
         );
         Ok(())
     }
