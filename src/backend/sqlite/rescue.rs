@@ -102,14 +102,15 @@ pub(crate) fn prune(saved: &Path, db_path: &Path, keep: usize) -> io::Result<Vec
         if name.starts_with(&prefix) && name.ends_with(".db") {
             let modified = entry.metadata().and_then(|m| m.modified()).ok();
             rescues.push((modified, name));
-        } else if name.starts_with(&marker_prefix) && !name.contains(".restored-") {
-            if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                named.extend(
-                    text.lines()
-                        .filter_map(|l| l.strip_prefix("rescue="))
-                        .map(PathBuf::from),
-                );
-            }
+        } else if name.starts_with(&marker_prefix)
+            && !name.contains(".restored-")
+            && let Ok(text) = std::fs::read_to_string(entry.path())
+        {
+            named.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("rescue="))
+                    .map(PathBuf::from),
+            );
         }
     }
     // Newest first: by modification time, then by name (its UTC stamp).
