@@ -234,8 +234,8 @@ impl LivePoolBuilder<Sqlite> {
     /// itself (an `rm -rf` of it completes); for other faults the
     /// database's directory first. A place qualifies only when nobody but
     /// root and the service's user can change any directory on the way
-    /// (sticky ones such as `/tmp` excepted). The system's temporary
-    /// directory is the last resort.
+    /// (sticky ones such as `/tmp` excepted). When none can be trusted or
+    /// written, the system's temporary directory is the last resort.
     pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.rescue.dir = Some(dir.into());
         self

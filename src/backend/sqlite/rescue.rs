@@ -177,15 +177,29 @@ pub(crate) async fn rescue(
         attempts: Vec::new(),
         code: None,
     };
+    let mut all_denied = true;
+    let mut tried = places.clone();
     for parent in places {
         match rescue_into(conn, &parent, db_path, config.timeout, mode).await {
             Ok(path) => return Ok(path),
             Err(err) => {
+                all_denied &= denied(&err);
                 if let sqlx::Error::Database(db) = &err {
                     failed.code = db.code().and_then(|code| code.parse().ok());
                 }
                 failed.attempts.push(format!("{}: {err}", parent.display()));
             }
+        }
+    }
+    let last = last_resort();
+    if all_denied && !tried.contains(&last) {
+        tried.push(last.clone());
+        match rescue_into(conn, &last, db_path, config.timeout, mode).await {
+            Ok(path) => {
+                tracing::warn!(rescue = %path.display(), tried = %failed, "no place near the database could be trusted; the rescue went to the temporary directory");
+                return Ok(path);
+            }
+            Err(err) => failed.attempts.push(format!("{}: {err}", last.display())),
         }
     }
     Err(failed)
@@ -277,12 +291,20 @@ fn places(configured: Option<&Path>, db_path: &Path, fault: Option<FileFault>) -
             push(dir);
         }
     }
-    // The last resort when none of those can be trusted (a root process
-    // with its database in another user's directory, say): the system's
-    // temporary directory, sticky like /tmp. Better a rescue there than
-    // none; the log and the give-up name it.
-    push(&std::env::temp_dir());
     places
+}
+
+/// The last resort when no place near the database can be trusted or
+/// written (a root process with its database in another user's directory,
+/// say): the system's temporary directory, sticky like /tmp. Better a
+/// rescue there than none; the log and the give-up name it. Not tried when
+/// a place failed for another reason (a full disk): that is retried.
+fn last_resort() -> PathBuf {
+    std::env::temp_dir()
+}
+
+fn denied(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::PermissionDenied)
 }
 
 /// A name part nobody can guess: a timestamp and 64 random bits.
@@ -604,10 +626,7 @@ mod tests {
     fn names_are_unpredictable_and_private() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("gone").join("app.db");
-        assert_eq!(
-            places(None, &db, None),
-            vec![dir.path().to_path_buf(), std::env::temp_dir()]
-        );
+        assert_eq!(places(None, &db, None), vec![dir.path().to_path_buf()]);
         let first = Target::create(dir.path(), &db)?;
         let second = Target::create(dir.path(), &db)?;
         assert_ne!(first.path, second.path);
@@ -650,20 +669,19 @@ mod tests {
         std::fs::create_dir(&rescue)?;
         let db = data.join("app.db");
         let top = root.path().to_path_buf();
-        let tmp = std::env::temp_dir();
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Replaced)),
-            vec![rescue.clone(), data.clone(), top.clone(), tmp.clone()]
+            vec![rescue.clone(), data.clone(), top.clone()]
         );
         // A deletion may be an `rm -rf` of the directory under way.
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Deleted)),
-            vec![rescue.clone(), top.clone(), data.clone(), tmp.clone()]
+            vec![rescue.clone(), top.clone(), data.clone()]
         );
         std::fs::remove_dir(&data)?;
         assert_eq!(
             places(Some(&rescue), &db, Some(FileFault::Deleted)),
-            vec![rescue, top, tmp]
+            vec![rescue, top]
         );
         Ok(())
     }
