@@ -14,7 +14,7 @@
 //!   --grace-secs N     on a give-up, how long requests in flight may take (default: 10)
 //! SQLite only:
 //!   --journal MODE     wal or delete (default: wal)
-//!   --rescue-dir DIR   where rescue files go (default: next to the database)
+//!   --rescue-dir DIR   where rescue files go (default: beside the database's directory)
 //!   --watchdog-ms MS   how often the file's identity is checked; 0 turns it off (default: 1000)
 //! PostgreSQL only:
 //!   --failover-secs N  how long a failover may take to produce a writable primary
@@ -424,6 +424,15 @@ async fn main() -> Result<(), Error> {
                     temp_dir.path().join("notes.db")
                 }
             };
+            // After a give-up that lost the database, refuse to start (the
+            // error names the rescue and how to restore it) before our own
+            // pool's `create_if_missing(true)` makes an empty one.
+            LivePool::check_pending_rescue(
+                &db,
+                args.rescue_dir.as_deref(),
+                Duration::from_secs(60),
+            )
+            .await?;
             let options = SqliteConnectOptions::new()
                 .filename(&db)
                 .create_if_missing(true)

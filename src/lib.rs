@@ -299,7 +299,7 @@
 //!
 //! | fault | what SQLite does | what this crate does |
 //! |---|---|---|
-//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) into the nearest existing ancestor, nothing can be reattached, the policy exits. |
+//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) into the crate's private `<file>.rescues/` directory above the removed one (so the `rm -rf` completes), nothing can be reattached, the policy exits, and the next start refuses to open the path until the rescue is restored. |
 //! | file unlinked or renamed, directory renamed | as above; a renamed file keeps its rows | Rescue, then exit: nothing is created at the path. |
 //! | a backup renamed over the file (a restore) | old connections keep using the old inode; a new connection would open the restore with the old `-wal` and replay it | Rescue the old inode, rename its `-wal`/`-shm` aside (`<name>-wal.stale-<stamp>-<random>`, never deleted), heal onto the restore, which keeps exactly its rows. |
 //! | `-wal` or `-shm` deleted alone | WAL: writes acknowledged into the unlinked log, lost at the next restart | The identity check covers the companions: rescue, exit. |

@@ -52,6 +52,15 @@ pub(crate) fn describe() {
             Unit::Bytes,
             "Size of the last rescue file saved"
         );
+        describe_gauge!(
+            "db_liveness_leftover_files",
+            "SQLite: rescues, restore markers and set-aside files from earlier faults, found at open (the operator deletes them)"
+        );
+        describe_gauge!(
+            "db_liveness_leftover_bytes",
+            Unit::Bytes,
+            "SQLite: the total size of those files"
+        );
         describe_counter!(
             "db_liveness_held_requests_total",
             "Requests held by the layer while a heal was in flight"
@@ -169,6 +178,16 @@ pub(crate) async fn rescue_saved(path: &Path) {
             // f64 holds every size below 2^53 bytes exactly.
             gauge!("db_liveness_rescue_bytes").set(bytes as f64);
         }
+    }
+}
+
+/// What earlier faults left next to a SQLite database, found at open.
+pub(crate) fn leftovers(files: usize, bytes: u64) {
+    #[cfg(feature = "metrics")]
+    {
+        // f64 holds every count and size below 2^53 exactly.
+        gauge!("db_liveness_leftover_files").set(files as f64);
+        gauge!("db_liveness_leftover_bytes").set(bytes as f64);
     }
 }
 

@@ -334,7 +334,9 @@ async fn the_example_rescues_and_exits_1_when_its_directory_is_deleted() -> Test
     let status = example.wait().await?;
     assert_eq!(status.code(), Some(1), "stderr:\n{}", example.log());
 
-    let rescues: Vec<_> = std::fs::read_dir(db.root.path())?
+    // In the crate's private rescue directory, above the removed one.
+    let rescues_dir = std::fs::canonicalize(db.root.path())?.join("app.db.rescues");
+    let rescues: Vec<_> = std::fs::read_dir(&rescues_dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| path.to_string_lossy().contains(".rescued-"))

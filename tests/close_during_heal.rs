@@ -87,7 +87,10 @@ async fn close_during_a_heal_waits_for_the_rescue() -> TestResult {
     within("close()", live.close()).await?;
     let took = started.elapsed();
     // ...and the process exits here. What is on disk now is all there is.
-    let rescues = rescues_in(&[db.root.path(), &db.dir]);
+    let rescues = rescues_in(&[
+        &db.root.path().join("app.db.rescues"),
+        &db.dir.join("app.db.rescues"),
+    ]);
     let mut rescued = 0;
     for rescue in &rescues {
         rescued = rescued.max(count_in_file(rescue).await.unwrap_or(0));

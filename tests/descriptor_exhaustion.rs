@@ -17,6 +17,8 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_db_liveness::{DbLivenessLayer, ErrorClass, LivePool, Outcome, PoolStatus};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Room for a new connection after every existing one is checked out.
+const MAX_CONNECTIONS: u32 = 8;
 /// EMFILE: the process's descriptor table is full.
 const EMFILE: i32 = 24;
 
@@ -62,7 +64,7 @@ async fn descriptor_exhaustion_is_transient_and_heals_by_itself() -> TestResult 
         LivePool::builder(db.options())
             .pool_options(
                 SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(MAX_CONNECTIONS)
                     .min_connections(0)
                     .idle_timeout(None)
                     .max_lifetime(None)
@@ -74,18 +76,30 @@ async fn descriptor_exhaustion_is_transient_and_heals_by_itself() -> TestResult 
     create_table(&live.pool()).await?;
     insert(&live.pool(), "before").await?;
 
-    // Three of the four pool connections open and checked out: the next
-    // acquire must open a new connection, which needs a descriptor.
+    // Every connection the pool has is checked out, and it may open more:
+    // the next acquire must open a new connection, which needs a
+    // descriptor. Established, not assumed: sqlx may still be handing a
+    // connection back to the idle queue, or have opened one more under
+    // load, so idle ones are taken until none is left (bounded).
     let pool = live.pool();
     let mut busy = Vec::new();
-    for _ in 0..3 {
-        let mut conn = pool.acquire().await?;
-        sqlx::query("SELECT count(*) FROM notes")
-            .execute(&mut *conn)
-            .await?;
-        busy.push(conn);
-    }
-    assert_eq!((pool.size(), pool.num_idle()), (3, 0));
+    common::within("every pool connection checked out", async {
+        loop {
+            if busy.len() >= 3 && pool.num_idle() == 0 && pool.size() as usize == busy.len() {
+                return Ok::<(), sqlx::Error>(());
+            }
+            let mut conn = pool.acquire().await?;
+            sqlx::query("SELECT count(*) FROM notes")
+                .execute(&mut *conn)
+                .await?;
+            busy.push(conn);
+        }
+    })
+    .await??;
+    assert!(
+        (pool.size() as usize) < MAX_CONNECTIONS as usize,
+        "the pool has room for a new connection"
+    );
 
     let layered = DbLivenessLayer::new(live.clone()).layer(service_fn({
         let live = live.clone();

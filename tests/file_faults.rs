@@ -43,7 +43,6 @@ enum Expected {
 struct Report {
     acknowledged: i64,
     rescued: i64,
-    detection: Duration,
 }
 
 async fn apply(db: &TestDb, kind: Kind) -> TestResult {
@@ -85,7 +84,13 @@ async fn scenario(
 ) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
     let db = TestDb::new(journal)?;
     let (live, reopens, mut exits) = open_live(&db, |b| {
-        let b = b.watchdog_interval(Some(Duration::from_millis(100)));
+        // With the filesystem watch, the poll is an hour away: the fault
+        // must be seen through the watch, or the test times out.
+        let poll = match watch {
+            Watch::Polling => Duration::from_millis(100),
+            Watch::FsEvents => Duration::from_secs(3600),
+        };
+        let b = b.watchdog_interval(Some(poll));
         #[cfg(feature = "fs-watch")]
         let b = b.fs_watch(watch == Watch::FsEvents);
         b
@@ -199,17 +204,18 @@ async fn scenario(
     Ok(Report {
         acknowledged,
         rescued,
-        detection,
     })
 }
 
 fn assert_rescue_location(db: &TestDb, kind: Kind, rescue: &Path) -> TestResult {
-    let expected_dir = match kind {
-        // The database's own directory is gone: the nearest existing ancestor.
-        Kind::RmRfDir | Kind::RenameDir => db.root.path(),
-        _ => db.dir.as_path(),
+    let expected_parent = match kind {
+        // The file or its directory was removed (an `rm -rf` may be under
+        // way): outside the database's directory, so the removal completes.
+        Kind::RmRfDir | Kind::RenameDir | Kind::UnlinkFiles | Kind::RenameFile => db.root.path(),
+        Kind::ReplaceFile => db.dir.as_path(),
     };
-    assert_eq!(rescue.parent(), Some(expected_dir));
+    let expected_dir = std::fs::canonicalize(expected_parent)?.join("app.db.rescues");
+    assert_eq!(rescue.parent(), Some(expected_dir.as_path()), "{kind:?}");
     let name = rescue
         .file_name()
         .and_then(|n| n.to_str())
@@ -233,7 +239,6 @@ macro_rules! fault_tests {
         async fn $name() -> TestResult {
             let report = scenario($journal, $kind, $expected, $watch).await?;
             assert_eq!(report.rescued, report.acknowledged);
-            assert!(report.detection > Duration::ZERO);
             Ok(())
         }
     )*};

@@ -318,3 +318,132 @@ async fn sigterm_drains_and_exits_0() -> TestResult {
     assert_eq!(count_in_file(&db.path).await?, 2);
     Ok(())
 }
+
+/// Issue 18.3, the example as a real process: the database is unlinked,
+/// the example rescues and exits 1; started again with the same arguments
+/// (its own pool has `create_if_missing(true)`), it refuses to start with a
+/// message naming the rescue, and creates nothing at the path. Once the
+/// rescue is moved back as the message says, it serves every acknowledged
+/// note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_never_restarts_on_an_empty_database() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let db_path = db.path.display().to_string();
+    let args = ["--db", db_path.as_str(), "--watchdog-ms", "100"];
+    let mut example = Example::start(&args).await?;
+    let http = Http::new(example.addr);
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let body = format!("note {i}");
+        let created = http.post("/notes", body.clone()).await?;
+        assert_eq!(created.status, 201, "{created:?}");
+        acknowledged.push(body);
+    }
+    db.unlink_files()?;
+    let status = example.wait().await?;
+    let log = example.log();
+    assert_eq!(status.code(), Some(1), "stderr:\n{log}");
+    let rescue_line = log
+        .lines()
+        .find(|l| l.contains("rescued the dead handle's data"))
+        .ok_or_else(|| format!("no rescue in stderr:\n{log}"))?;
+    let rescue = rescue_line
+        .split("rescue=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or("no rescue path")?
+        .to_owned();
+    assert!(
+        log.contains("the next start refuses"),
+        "the exit says what happens next:\n{log}"
+    );
+
+    let (status, stderr) = Example::refused_start(&args).await?;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&rescue),
+        "the refusal names {rescue}:\n{stderr}"
+    );
+    assert!(stderr.contains("mv '"), "{stderr}");
+    assert!(
+        !db.path.exists(),
+        "an empty database was created at the path"
+    );
+
+    std::fs::rename(&rescue, &db.path)?;
+    let mut example = Example::start(&args).await?;
+    // What the fault left (here the retired restore marker) is listed at
+    // open, with its size; nothing is deleted.
+    let listed = example.logged("files from earlier faults are kept").await?;
+    assert!(listed.contains("restore-needed-"), "{listed}");
+    assert!(listed.contains("bytes="), "{listed}");
+    let http = Http::new(example.addr);
+    let listed = http.get("/notes").await?;
+    assert_eq!(listed.status, 200);
+    for body in &acknowledged {
+        assert!(
+            listed.body.contains(body.as_str()),
+            "{body}: {}",
+            listed.body
+        );
+    }
+    example.kill().await?;
+    Ok(())
+}
+
+/// Issue 18.5: every `statx` of the database's path takes 3 s from the
+/// first call (strace's fault injection, only on that path): the example
+/// still starts, and its health routes answer.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_starts_on_a_slow_mount() -> TestResult {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        return Err("this test needs strace".into());
+    }
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let db_path = db.path.display().to_string();
+    let started = std::time::Instant::now();
+    let mut example = Example::start_wrapped(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-P",
+            db_path.as_str(),
+            "-e",
+            "trace=statx",
+            "-e",
+            "inject=statx:delay_enter=3s",
+        ],
+        &["--db", db_path.as_str()],
+    )
+    .await?;
+    eprintln!(
+        "listening {:?} after the start, every statx of the path taking 3 s",
+        started.elapsed()
+    );
+    let http = Http::new(example.addr);
+    assert_eq!(http.post("/notes", "on a slow mount").await?.status, 201);
+    // Liveness: the process is fine. Readiness and /health answer (a check
+    // that takes 3 s is reported as not answering within the probe's bound).
+    let asked = std::time::Instant::now();
+    assert_eq!(http.get("/livez").await?.status, 200);
+    eprintln!("/livez: 200 in {:?}", asked.elapsed());
+    for route in ["/readyz", "/health"] {
+        let asked = std::time::Instant::now();
+        let answer = http.get(route).await?;
+        eprintln!("{route}: {} in {:?}", answer.status, asked.elapsed());
+        assert!(
+            [200, 503].contains(&answer.status.as_u16()),
+            "{route}: {answer:?}"
+        );
+    }
+    example.kill().await?;
+    Ok(())
+}

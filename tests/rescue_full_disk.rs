@@ -61,6 +61,9 @@ async fn check_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() -> TestResult {
+    // The only test in this binary: the recorder is the process's.
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let disk = SmallDisk::mount(2048)?;
     let data = disk.path().join("data");
     let rescue_dir = disk.path().join("rescue");
@@ -162,6 +165,21 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
     assert_eq!(fault, Fault::File(FileFault::Deleted));
     assert!(attempts >= 2, "{attempts}");
     assert_eq!(code, Some(13), "SQLITE_FULL from VACUUM INTO");
+    // Each failed attempt is counted for the operator's dashboard.
+    #[cfg(feature = "metrics")]
+    {
+        let text = recorder.render();
+        let failed = text
+            .lines()
+            .filter_map(|line| line.rsplit_once(' '))
+            .find(|(name, _)| *name == "db_liveness_rescues_total{result=\"failed\"}")
+            .and_then(|(_, value)| value.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            failed >= f64::from(attempts),
+            "{failed} < {attempts}:\n{text}"
+        );
+    }
 
     let (http_status, health) = health_get(&live).await?;
     assert_eq!(http_status, http::StatusCode::SERVICE_UNAVAILABLE);
@@ -218,7 +236,8 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
     );
     assert!(exits.next().await.is_some(), "the exit action ran");
     let rescue = gave_up.rescue.ok_or("no rescue")?;
-    assert_eq!(rescue.parent(), Some(rescue_dir.as_path()), "{rescue:?}");
+    let private = std::fs::canonicalize(&rescue_dir)?.join("app.db.rescues");
+    assert_eq!(rescue.parent(), Some(private.as_path()), "{rescue:?}");
 
     // Every acknowledged row, the 10 written after the deletion included.
     let rescued = bodies_in_file(&rescue).await?;
@@ -234,7 +253,16 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or("no file name")?;
-    assert_eq!(entries(&rescue_dir)?, vec![rescue_name]);
+    let in_private = entries(&private)?;
+    assert_eq!(in_private.len(), 2, "{in_private:?}");
+    assert!(in_private.contains(&rescue_name), "{in_private:?}");
+    assert!(
+        in_private
+            .iter()
+            .any(|n| n.starts_with("app.db.restore-needed-")),
+        "the restore marker: {in_private:?}"
+    );
+    assert_eq!(entries(&rescue_dir)?, vec!["app.db.rescues".to_owned()]);
     assert_eq!(entries(disk.path())?, vec!["rescue".to_owned()]);
 
     live.close().await;

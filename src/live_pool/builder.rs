@@ -59,6 +59,10 @@ pub(crate) struct Config {
     #[cfg(feature = "fs-watch")]
     pub(crate) fs_watch: bool,
     pub(crate) rescue: RescueConfig,
+    /// How long the filesystem calls of `open` (the file identity, the
+    /// pending-rescue check) may take before the open fails: generous, so a
+    /// slow mount starts and only a hung one fails.
+    pub(crate) startup_timeout: Duration,
     /// [`LivePool::fixed`]: fatal errors are logged, never healed or exited.
     pub(crate) fixed: bool,
 }
@@ -80,6 +84,7 @@ impl Default for Config {
             #[cfg(feature = "fs-watch")]
             fs_watch: true,
             rescue: RescueConfig::default(),
+            startup_timeout: Duration::from_secs(60),
             fixed: false,
         }
     }
@@ -222,12 +227,38 @@ impl LivePoolBuilder<Sqlite> {
         self
     }
 
-    /// The directory tried first for rescue files. Default: none; rescue
-    /// files go next to the database file, or, when its directory is gone,
-    /// into the nearest existing ancestor (both are always tried after this
-    /// one).
+    /// The directory tried first for rescue files. Default: none.
+    ///
+    /// Rescues go into the crate's private `<file>.rescues/` directory
+    /// (mode 0700) made under the first place that qualifies: this one;
+    /// then, for a deleted or moved file, the nearest existing directory
+    /// above the database's directory before the database's directory
+    /// itself (an `rm -rf` of it completes); for other faults the
+    /// database's directory first. A place qualifies only when nobody but
+    /// root and the service's user can change any directory on the way
+    /// (sticky ones such as `/tmp` excepted). When none can be trusted or
+    /// written, the system's temporary directory is the last resort.
     pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.rescue.dir = Some(dir.into());
+        self
+    }
+
+    /// How long the filesystem calls of [`open`](Self::open) may take (the
+    /// file identity, the check for a rescue waiting to be restored):
+    /// `open` waits on a slow mount and fails, saying so, only when the
+    /// mount does not answer within this. Default: 60 s.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self
+    }
+
+    /// Opt in to a retention of rescue files: after each rescue is saved,
+    /// only the newest `keep` rescues of this database stay in its rescue
+    /// directory (at least 1, whatever `keep` says; a rescue a restore
+    /// marker names is never removed). Default: off, every rescue is kept
+    /// until you delete it.
+    pub fn keep_rescues(mut self, keep: usize) -> Self {
+        self.config.rescue.keep = Some(keep.max(1));
         self
     }
 
@@ -274,8 +305,15 @@ impl LivePoolBuilder<Sqlite> {
     ///
     /// Must be called within a Tokio runtime. Fails with
     /// [`sqlx::Error::Configuration`] for `locking_mode(Exclusive)`.
+    ///
+    /// Refuses to open a path whose database was lost under a process that
+    /// gave up, until its rescue is restored (see
+    /// [`LivePool::check_pending_rescue`]), whatever `create_if_missing`
+    /// says.
     pub async fn open(self) -> Result<LivePool, sqlx::Error> {
         let creates = self.config.reopen_creates;
+        let bound = self.config.startup_timeout;
+        let rescue_dir = self.config.rescue.dir.clone();
         let (pool, configured, reopen, before) = match self.source {
             Source::Options { connect, pool } => {
                 let configured = configured_path(&connect);
@@ -283,10 +321,12 @@ impl LivePoolBuilder<Sqlite> {
                 // absolute path: a later chdir must not move the database.
                 let mut connect = *connect;
                 if let Some(path) = &configured {
+                    // Before anything can create a file at the path.
+                    LivePool::check_pending_rescue(path, rescue_dir.as_deref(), bound).await?;
                     connect = connect.filename(path);
                 }
                 // What was open before the pool: its own descriptors are the others.
-                let before = open_files().await;
+                let before = open_files(bound).await;
                 let first = pool.as_ref().clone().connect_with(connect.clone()).await?;
                 // A reopen reattaches the file that was opened and, unless
                 // allowed, never creates it.
@@ -307,6 +347,9 @@ impl LivePoolBuilder<Sqlite> {
                     );
                 }
                 let configured = configured_path(&options);
+                if let Some(path) = &configured {
+                    LivePool::check_pending_rescue(path, rescue_dir.as_deref(), bound).await?;
+                }
                 // Opened before it was handed over: every descriptor on
                 // another file than the one at the path is a finding.
                 (pool, configured, reopen, Default::default())
@@ -320,10 +363,13 @@ impl LivePoolBuilder<Sqlite> {
             }
             None => reopen,
         };
-        let first = sqlite::open(pool, 0, configured, before, None).await?;
+        if let Some(path) = &configured {
+            LivePool::report_leftovers(path, rescue_dir.as_deref(), bound).await;
+        }
+        let first = sqlite::open(pool, 0, configured, before, None, bound).await?;
         Ok(LivePool::start(
             first,
-            SqliteState { reopen },
+            SqliteState::new(reopen),
             self.config,
             Some(sqlite::spawn_watchdog),
         ))
@@ -415,7 +461,7 @@ impl LivePool<Sqlite> {
         });
         LivePool::start(
             sqlite::unverified(pool),
-            SqliteState { reopen },
+            SqliteState::new(reopen),
             config,
             None,
         )

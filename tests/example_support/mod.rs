@@ -58,6 +58,46 @@ impl Example {
         Self::spawn(command, args).await
     }
 
+    /// [`start`](Self::start) with the example run by another program
+    /// (`program` and its `wrapper_args`, then the example's path), e.g.
+    /// strace injecting faults.
+    pub async fn start_wrapped(
+        program: &str,
+        wrapper_args: &[&str],
+        args: &[&str],
+    ) -> Result<Self, BoxError> {
+        let binary = example_binary("axum").await?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(wrapper_args).arg(binary);
+        Self::spawn(command, args).await
+    }
+
+    /// Runs the example with `args` expecting it to stop before it listens
+    /// (a refused start): its exit status and stderr. An example that
+    /// starts listening instead is an error (it is killed).
+    pub async fn refused_start(args: &[&str]) -> Result<(ExitStatus, String), BoxError> {
+        let binary = example_binary("axum").await?;
+        let output = within(
+            "the example's refused start",
+            tokio::process::Command::new(binary)
+                .args(args)
+                .args(["--addr", "127.0.0.1:0"])
+                .env("RUST_LOG", "tower_db_liveness=info")
+                .env("NO_COLOR", "1")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await??;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if stdout.contains("listening on") {
+            return Err(format!("the example started:\n{stdout}").into());
+        }
+        Ok((
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     async fn spawn(mut command: tokio::process::Command, args: &[&str]) -> Result<Self, BoxError> {
         let mut child = command
             .args(args)

@@ -91,8 +91,9 @@ pub(crate) async fn open(
     configured: Option<PathBuf>,
     before: OpenFiles,
     healed_at: Option<Instant>,
+    fs_bound: Duration,
 ) -> Result<Generation<Sqlite>, sqlx::Error> {
-    match verify(&pool, configured, before).await {
+    match verify(&pool, configured, before, fs_bound).await {
         Ok((file, schema, sentinel)) => Ok(Generation {
             number,
             pool,
@@ -157,6 +158,7 @@ async fn verify(
     pool: &SqlitePool,
     configured: Option<PathBuf>,
     before: OpenFiles,
+    fs_bound: Duration,
 ) -> Result<(Option<DbFile>, Schema, Option<SqliteConnection>), sqlx::Error> {
     // An exclusive-mode connection keeps its lock for ever: the sentinel
     // could never read, and a rescue never run.
@@ -187,10 +189,17 @@ async fn verify(
     }
     let path = PathBuf::from(path);
     let configured = configured.unwrap_or_else(|| path.clone());
-    let file = blocking::run(FS_BOUND, move || DbFile::record(configured, path, &before))
+    let shown = path.display().to_string();
+    let file = blocking::run(fs_bound, move || DbFile::record(configured, path, &before))
         .await
         .map_err(|stuck| {
-            sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, stuck))
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the filesystem of {shown} did not answer: {stuck} (a hung mount? \
+                     LivePoolBuilder::startup_timeout sets the bound)"
+                ),
+            ))
         })??;
     Ok((Some(file), schema, Some(sentinel)))
 }
@@ -210,8 +219,8 @@ pub(crate) fn configured_path(options: &sqlx::sqlite::SqliteConnectOptions) -> O
 }
 
 /// The process's open files now, off the runtime (`None`: unknown).
-pub(crate) async fn open_files() -> OpenFiles {
-    blocking::run(FS_BOUND, OpenFiles::now)
+pub(crate) async fn open_files(bound: Duration) -> OpenFiles {
+    blocking::run(bound, OpenFiles::now)
         .await
         .unwrap_or_default()
 }

@@ -15,6 +15,10 @@ use crate::blocking;
 use crate::classify::ErrorClass;
 use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, Outcome, PoolStatus, panic_text};
 
+/// How long the read of the main database that confirms a fatal-class
+/// error may take.
+const CONFIRM_BOUND: Duration = Duration::from_secs(10);
+
 /// The longest pause between two rescue attempts.
 const RESCUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -63,6 +67,85 @@ impl Inner<Sqlite> {
         }
     }
 
+    /// A fatal-class error that another file can produce (IOERR, CORRUPT,
+    /// NOTADB): decided off the request path by the file identity and a
+    /// read of the main database. Errors that come while a check runs wait
+    /// for its verdict instead of starting another.
+    pub(crate) fn confirm(
+        self: Arc<Self>,
+        generation: u64,
+        fault: Fault,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        let mut slot = self
+            .backend
+            .confirming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = slot.as_ref().filter(|rx| rx.borrow().is_none()) {
+            let mut running = running.clone();
+            return tokio::spawn(async move {
+                match running.wait_for(Option::is_some).await {
+                    Ok(outcome) => outcome
+                        .clone()
+                        .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
+                    Err(_) => Outcome::Ignored(ErrorClass::Transient),
+                }
+            });
+        }
+        let (tx, rx) = watch::channel(None);
+        *slot = Some(rx);
+        drop(slot);
+        tokio::spawn(async move {
+            let outcome = self.confirm_now(generation, fault).await;
+            let _ = tx.send(Some(outcome.clone()));
+            outcome
+        })
+    }
+
+    async fn confirm_now(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {
+        let current = self.current();
+        if current.number != generation {
+            // Stale or gave up: the policy says which.
+            return self.fatal(generation, fault).await;
+        }
+        if let Some(file) = current.file.clone() {
+            match blocking::run(FS_BOUND, move || file.check()).await {
+                Ok(Err(file_fault)) => {
+                    return self.fatal(generation, Fault::File(file_fault)).await;
+                }
+                Ok(Ok(())) => {}
+                Err(stuck) => {
+                    tracing::warn!(code = fault.code(), %fault, error = %stuck, "the file identity could not be checked after a fatal-class error; reading the database");
+                }
+            }
+        }
+        match tokio::time::timeout(CONFIRM_BOUND, read_main(&current.pool)).await {
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    class = "other", code = fault.code(), %fault, action = "none",
+                    "fatal-class error while the database's own file reads clean: another file (ATTACH, backup, VACUUM INTO)"
+                );
+                Outcome::Ignored(ErrorClass::Other)
+            }
+            Ok(Ok(Some(problem))) => {
+                tracing::error!(code = fault.code(), %fault, %problem, "the main database fails its check");
+                self.fatal(generation, fault).await
+            }
+            Ok(Err(err)) if crate::classify::classify(&err) == ErrorClass::Fatal => {
+                tracing::error!(code = fault.code(), %fault, error = %err, "a read of the main database fails too");
+                self.fatal(generation, fault).await
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(code = fault.code(), %fault, error = %err, "fatal-class error; the main database could not be checked now, not fatal");
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+            Err(_) => {
+                tracing::warn!(code = fault.code(), %fault, "fatal-class error; the check of the main database did not finish within {CONFIRM_BOUND:?}, not fatal");
+                Outcome::Ignored(ErrorClass::Transient)
+            }
+        }
+    }
+
     /// Everything between a fatal finding and a verified new generation:
     /// stop the dead pool, rescue and seal its file, set stale companions
     /// aside, check the budget, reopen and verify.
@@ -71,10 +154,32 @@ impl Inner<Sqlite> {
         old: &Arc<Generation<Sqlite>>,
         fault: &Fault,
     ) -> (Result<Generation<Sqlite>, GiveUpReason>, Option<PathBuf>) {
+        let (result, rescue, file_fault) = self.replace_inner(old, fault).await;
+        let result = match (result, &rescue, file_fault, &old.file) {
+            (
+                Err(reason),
+                Some(saved),
+                Some(gone @ (FileFault::Deleted | FileFault::Moved)),
+                Some(file),
+            ) => Err(leave_marker(file.configured(), saved, gone, reason).await),
+            (result, ..) => result,
+        };
+        (result, rescue)
+    }
+
+    async fn replace_inner(
+        &self,
+        old: &Arc<Generation<Sqlite>>,
+        fault: &Fault,
+    ) -> (
+        Result<Generation<Sqlite>, GiveUpReason>,
+        Option<PathBuf>,
+        Option<FileFault>,
+    ) {
         // Read while the sentinel is free: a seal that goes on in the
         // background keeps it until the last straggler has committed.
         let schema = old.schema_now().await;
-        let file_fault = match fault {
+        let mut file_fault = match fault {
             Fault::File(file) => Some(*file),
             Fault::Error { .. } | Fault::NotWritable { .. } => match old.file.clone() {
                 Some(file) => blocking::run(FS_BOUND, move || file.check().err())
@@ -100,7 +205,15 @@ impl Inner<Sqlite> {
                     self.config.drain_timeout
                 );
             }
-            rescue = self.rescue_and_seal(old, fault).await;
+            rescue = self.rescue_and_seal(old, fault, file_fault).await;
+            // What is true now: a -wal seen gone first may have been the
+            // start of an `rm -rf` of the whole directory.
+            if let Some(file) = old.file.clone()
+                && let Ok(Err(now)) = blocking::run(FS_BOUND, move || file.check()).await
+                && !now.is_companion()
+            {
+                file_fault = Some(now);
+            }
         } else {
             drop(draining);
         }
@@ -118,6 +231,7 @@ impl Inner<Sqlite> {
                         }
                     ))),
                     rescue,
+                    file_fault,
                 );
             }
             // The file at the path is not the one the companions belong to
@@ -128,7 +242,7 @@ impl Inner<Sqlite> {
                     && let Err(why) = set_stale_companions_aside(file).await
                 {
                     // Opening the file at the path now would replay them.
-                    return (Err(GiveUpReason::ReopenFailed(why)), rescue);
+                    return (Err(GiveUpReason::ReopenFailed(why)), rescue, file_fault);
                 }
             }
             _ => {}
@@ -138,12 +252,13 @@ impl Inner<Sqlite> {
             return (
                 Err(GiveUpReason::ReopenFailed("the LivePool was closed".into())),
                 rescue,
+                file_fault,
             );
         }
         if let Some(reason) = self.budget_exceeded(old, true) {
-            return (Err(reason), rescue);
+            return (Err(reason), rescue, file_fault);
         }
-        (self.reopen(old, &schema).await, rescue)
+        (self.reopen(old, &schema).await, rescue, file_fault)
     }
 
     /// Rescues what the dead handle sees, retrying until a rescue is saved,
@@ -156,8 +271,16 @@ impl Inner<Sqlite> {
         &self,
         old: &Arc<Generation<Sqlite>>,
         fault: &Fault,
+        file_fault: Option<FileFault>,
     ) -> Option<PathBuf> {
         let file = old.file.as_ref()?;
+        let db_mode = {
+            let file = file.clone();
+            blocking::run(FS_BOUND, move || file.open_mode())
+                .await
+                .ok()
+                .flatten()
+        };
         let mut sentinel = old.sentinel.lock().await;
         let conn = sentinel.as_mut()?;
         // The sentinel waits on locks itself, in short steps.
@@ -170,12 +293,14 @@ impl Inner<Sqlite> {
             config: &rescue,
             generation: old.number,
             fault,
+            file_fault,
+            db_mode,
         };
         let before = data_version(conn).await;
-        let first = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
+        let mut latest = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
         let deadline = crate::live_pool::deadline_after(self.config.drain_timeout);
-        let Err(before) = seal_loop(conn, &ctx, before, Some(deadline)).await else {
-            return Some(first);
+        let Err(before) = seal_loop(conn, &ctx, before, Some(deadline), &mut latest).await else {
+            return Some(latest);
         };
         drop(sentinel);
         tracing::warn!(
@@ -193,11 +318,14 @@ impl Inner<Sqlite> {
                 config: &rescue,
                 generation: old.number,
                 fault: &fault,
+                file_fault,
+                db_mode,
             };
-            let _ = seal_loop(conn, &ctx, before, None).await;
+            let mut newest = PathBuf::new();
+            let _ = seal_loop(conn, &ctx, before, None, &mut newest).await;
         });
         self.retire(task);
-        Some(first)
+        Some(latest)
     }
 
     /// Reattaches the database that was open: never creates one (unless
@@ -218,7 +346,7 @@ impl Inner<Sqlite> {
                 super::identity::retire(file);
             }
             // What was open before the new pool: its own descriptors are the others.
-            let before = open_files().await;
+            let before = open_files(self.config.reopen_timeout).await;
             let reopen = Arc::clone(&self.backend.reopen);
             // The user's reopen runs on a task of its own: a panic in it is a
             // failed reopen, not a heal in flight for ever.
@@ -232,6 +360,7 @@ impl Inner<Sqlite> {
                 configured.clone(),
                 before,
                 Some(Instant::now()),
+                self.config.reopen_timeout,
             )
             .await
             .map_err(|err| GiveUpReason::VerifyFailed(err.to_string()))?;
@@ -343,12 +472,116 @@ async fn set_stale_companions_aside(file: DbFile) -> Result<(), String> {
     }
 }
 
+/// After a give-up that rescued a database no longer at its path: leaves
+/// the marker that makes the next start refuse to open an empty database
+/// there, and says so in the reason.
+async fn leave_marker(
+    configured: &std::path::Path,
+    rescue: &std::path::Path,
+    gone: FileFault,
+    reason: GiveUpReason,
+) -> GiveUpReason {
+    let (db, saved) = (configured.to_path_buf(), rescue.to_path_buf());
+    let written = blocking::run(FS_BOUND, move || {
+        // A file at the path again (a restore already): nothing to refuse.
+        if std::fs::symlink_metadata(&db).is_ok() {
+            return Ok(None);
+        }
+        super::marker::write(&db, &saved, gone).map(Some)
+    })
+    .await;
+    let db = configured.display();
+    let rescue = rescue.display();
+    let how = match written {
+        Ok(Ok(Some(marker))) => {
+            let how = format!(
+                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored                  (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
+                marker.display()
+            );
+            tracing::error!(database = %db, rescue = %rescue, marker = %marker.display(), "{how}");
+            how
+        }
+        Ok(Ok(None)) => return reason,
+        Ok(Err(err)) => {
+            tracing::error!(database = %db, rescue = %rescue, error = %err, "the restore marker could not be written");
+            format!(
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start,                  which would otherwise open an empty database"
+            )
+        }
+        Err(stuck) => {
+            tracing::error!(database = %db, rescue = %rescue, error = %stuck, "the restore marker could not be written");
+            format!(
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start"
+            )
+        }
+    };
+    match reason {
+        GiveUpReason::ReopenFailed(why) => GiveUpReason::ReopenFailed(format!("{why}; {how}")),
+        GiveUpReason::VerifyFailed(why) => GiveUpReason::VerifyFailed(format!("{why}; {how}")),
+        other => other,
+    }
+}
+
+/// After a rescue taken once more (a write committed on the dead file after
+/// the last one): a restore marker left for this database names it now.
+async fn refresh_marker(ctx: &SealContext<'_>, saved: &std::path::Path) {
+    let Some(gone @ (FileFault::Deleted | FileFault::Moved)) = ctx.file_fault else {
+        return;
+    };
+    let (db, saved, dir) = (
+        ctx.file.configured().to_path_buf(),
+        saved.to_path_buf(),
+        ctx.config.dir.clone(),
+    );
+    let refreshed = blocking::run(FS_BOUND, move || -> std::io::Result<Option<PathBuf>> {
+        let Some(old) = super::marker::find(&db, dir.as_deref())? else {
+            return Ok(None);
+        };
+        let marker = super::marker::write(&db, &saved, gone)?;
+        if old.marker != marker {
+            old.retire()?;
+        }
+        Ok(Some(marker))
+    })
+    .await;
+    match refreshed {
+        Ok(Ok(Some(marker))) => {
+            tracing::error!(marker = %marker.display(), "the restore marker names the newest rescue now")
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "the restore marker could not be updated to the newest rescue")
+        }
+        Err(stuck) => {
+            tracing::error!(error = %stuck, "the restore marker could not be updated to the newest rescue")
+        }
+    }
+}
+
+/// The retention the user opted into (`LivePoolBuilder::keep_rescues`).
+async fn prune_rescues(saved: &std::path::Path, db: &std::path::Path, keep: usize) {
+    let (saved, db) = (saved.to_path_buf(), db.to_path_buf());
+    match blocking::run(FS_BOUND, move || rescue::prune(&saved, &db, keep)).await {
+        Ok(Ok(removed)) => {
+            for path in removed {
+                tracing::warn!(removed = %path.display(), keep, "an older rescue was removed, as keep_rescues asks");
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(error = %err, "older rescues could not be pruned"),
+        Err(stuck) => tracing::warn!(error = %stuck, "older rescues could not be pruned"),
+    }
+}
+
 /// What a rescue and a seal work on.
 struct SealContext<'a> {
     file: &'a DbFile,
     config: &'a rescue::RescueConfig,
     generation: u64,
     fault: &'a Fault,
+    /// What happened to the file (where the rescue may go depends on it).
+    file_fault: Option<FileFault>,
+    /// The database's own permission bits (a rescue is never less private).
+    db_mode: Option<u32>,
 }
 
 /// Rescues with back-off until a rescue is saved: the dead handle may hold
@@ -362,9 +595,20 @@ async fn rescue_with_retries(
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
-        match rescue::rescue(conn, ctx.file.path(), ctx.config).await {
+        match rescue::rescue(
+            conn,
+            ctx.file.path(),
+            ctx.config,
+            ctx.file_fault,
+            ctx.db_mode,
+        )
+        .await
+        {
             Ok(path) => {
                 crate::metrics::rescue_saved(&path).await;
+                if let Some(keep) = ctx.config.keep {
+                    prune_rescues(&path, ctx.file.path(), keep).await;
+                }
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
                 if attempts > 0
                     && let Some(status) = status
@@ -405,6 +649,7 @@ async fn seal_loop(
     ctx: &SealContext<'_>,
     mut before: Option<i64>,
     deadline: Option<Instant>,
+    latest: &mut PathBuf,
 ) -> Result<(), Option<i64>> {
     loop {
         match seal(conn, before).await {
@@ -413,6 +658,9 @@ async fn seal_loop(
                 before = data_version(conn).await;
                 let saved = rescue_with_retries(conn, ctx, None).await;
                 tracing::error!(rescue = %saved.display(), generation = ctx.generation, "rescued again: a write was committed on the dead database after the last rescue");
+                // A restore marker left by a give-up names the newest rescue.
+                refresh_marker(ctx, &saved).await;
+                *latest = saved;
             }
             Seal::Busy if deadline.is_some_and(|d| Instant::now() >= d) => return Err(before),
             Seal::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -450,6 +698,36 @@ async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
     }
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     Seal::Changed
+}
+
+/// Reads the main database: page 1, then SQLite's `quick_check` of the main
+/// schema only (never an attached one), on a connection of its own opened
+/// for this: a pool connection may answer from pages it cached before the
+/// damage (an in-place change that leaves the header's change counter as it
+/// was). Read-only, and never creating a file. `Some` names a problem the
+/// check found without an error.
+async fn read_main(pool: &sqlx::SqlitePool) -> Result<Option<String>, sqlx::Error> {
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .read_only(true)
+        .create_if_missing(false);
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    let checked = async {
+        super::generation::read_page(&mut conn).await?;
+        sqlx::query_scalar::<_, String>("PRAGMA main.quick_check(1)")
+            .fetch_all(&mut conn)
+            .await
+    }
+    .await;
+    let _ = conn.close().await;
+    let rows = checked?;
+    Ok(match rows.first().map(String::as_str) {
+        Some("ok") => None,
+        Some(problem) => Some(problem.to_owned()),
+        None => Some("quick_check returned nothing".to_owned()),
+    })
 }
 
 /// Closes a pool that failed verification, with its sentinel.

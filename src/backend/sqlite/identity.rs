@@ -87,10 +87,16 @@ struct Companion {
     id: FileId,
 }
 
+/// A file's identity: device and inode number, and its birth time where
+/// the filesystem records one (statx's `btime`: ext4, xfs, btrfs, tmpfs on
+/// recent kernels). An inode number alone is not enough once the file may
+/// have been freed: ext4 hands a freed number to the next new file at once,
+/// and that file is born later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
     dev: u64,
     ino: u64,
+    born: Option<std::time::SystemTime>,
 }
 
 /// The companions SQLite keeps open for the life of a connection in WAL
@@ -227,6 +233,15 @@ impl DbFile {
         Ok(moved)
     }
 
+    /// The permission bits of the file this process has open (found through
+    /// `/proc/self/fd`, so also for a deleted file); `None` when unknown.
+    pub(crate) fn open_mode(&self) -> Option<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        descriptors()
+            .find(|(_, meta)| file_id(meta) == self.id)
+            .map(|(_, meta)| meta.permissions().mode() & 0o7777)
+    }
+
     /// Tells a deletion from a move by the link count of the file this
     /// process still has open (Linux: found through `/proc/self/fd`).
     fn gone_fault(&self) -> FileFault {
@@ -335,6 +350,7 @@ fn file_id(meta: &std::fs::Metadata) -> FileId {
     FileId {
         dev: meta.dev(),
         ino: meta.ino(),
+        born: meta.created().ok(),
     }
 }
 
@@ -347,7 +363,11 @@ fn links(meta: &std::fs::Metadata) -> u64 {
 // Without inode numbers the identity degrades to "the path still exists".
 #[cfg(not(unix))]
 fn file_id(_meta: &std::fs::Metadata) -> FileId {
-    FileId { dev: 0, ino: 0 }
+    FileId {
+        dev: 0,
+        ino: 0,
+        born: None,
+    }
 }
 
 #[cfg(not(unix))]

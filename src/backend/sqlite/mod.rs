@@ -4,6 +4,7 @@
 mod generation;
 mod heal;
 pub(crate) mod identity;
+mod marker;
 mod probe;
 pub(crate) mod rescue;
 mod watchdog;
@@ -34,10 +35,28 @@ const CANTOPEN: i32 = 14;
 /// that cannot be written (READONLY_DBMOVED, 1032, is fatal, not degraded).
 const READONLY: i32 = 8;
 const READONLY_DIRECTORY: i32 = 1544;
+const READONLY_DBMOVED: i32 = 1032;
+/// Fatal-class primary codes that another file (ATTACH, backup, `VACUUM
+/// INTO`) can produce: IOERR, CORRUPT, NOTADB.
+const OTHER_FILE_POSSIBLE: [i32; 3] = [10, 11, 26];
 
 /// What SQLite's heals share: how to reopen.
 pub struct SqliteState {
     pub(crate) reopen: ReopenFn<Sqlite>,
+    /// A check of the database after a fatal-class error is running: the
+    /// errors that come meanwhile wait for its verdict instead of starting
+    /// more (an endpoint that attaches users' files must not be a way to
+    /// keep the database busy with checks).
+    pub(crate) confirming: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Option<Outcome>>>>,
+}
+
+impl SqliteState {
+    pub(crate) fn new(reopen: ReopenFn<Sqlite>) -> Self {
+        SqliteState {
+            reopen,
+            confirming: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl Sealed for Sqlite {
@@ -54,11 +73,24 @@ impl Sealed for Sqlite {
         err: &dyn fmt::Display,
     ) -> Triage {
         let fault = Fault::from_error(err, code);
-        if code.sqlite().is_some_and(|code| code & 0xff == CANTOPEN) {
+        match code.sqlite() {
             // Decided once the file identity is known, off the request path.
-            Triage::Check(tokio::spawn(Arc::clone(inner).cantopen(generation, fault)))
-        } else {
-            Triage::Fatal(fault)
+            Some(code) if code & 0xff == CANTOPEN => {
+                Triage::Check(tokio::spawn(Arc::clone(inner).cantopen(generation, fault)))
+            }
+            // Nothing in the code says which file: an ATTACHed database, a
+            // backup target or a `VACUUM INTO` elsewhere gives the same codes
+            // as the pool's own file. Fatal for the pool only once the file
+            // identity or a read of the main database confirms it, off the
+            // request path.
+            Some(code)
+                if code != READONLY_DBMOVED && OTHER_FILE_POSSIBLE.contains(&(code & 0xff)) =>
+            {
+                Triage::Check(Arc::clone(inner).confirm(generation, fault))
+            }
+            // READONLY_DBMOVED (1032) is about the pool's own file; a crashed
+            // worker is the pool's own connection.
+            _ => Triage::Fatal(fault),
         }
     }
 
@@ -117,6 +149,151 @@ pub(crate) fn spawn_watchdog(inner: &Arc<Inner<Sqlite>>, stop: tokio::sync::ones
 }
 
 impl LivePool<Sqlite> {
+    /// Refuses, with an error that names the rescue and how to restore it,
+    /// when the database at `db_path` was lost under a process that then
+    /// gave up and nobody has restored its rescue yet (or removed the
+    /// marker to start empty on purpose). [`open`](crate::LivePoolBuilder::open)
+    /// runs this check itself; call it before you open a pool of your own
+    /// with `create_if_missing(true)` (for
+    /// [`builder_with_pool`](LivePool::builder_with_pool)), so that pool
+    /// does not create an empty database at the path first.
+    ///
+    /// `rescue_dir` is the builder's [`rescue_dir`](crate::LivePoolBuilder::rescue_dir),
+    /// if you set one. A filesystem that does not answer within
+    /// `bound` is an error (a hung mount).
+    pub async fn check_pending_rescue(
+        db_path: impl AsRef<std::path::Path>,
+        rescue_dir: Option<&std::path::Path>,
+        bound: Duration,
+    ) -> Result<(), sqlx::Error> {
+        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
+        let dir = rescue_dir.map(std::path::Path::to_path_buf);
+        let shown = db.display().to_string();
+        let checked = blocking::run(bound, move || -> std::io::Result<Option<String>> {
+            let Some(pending) = marker::find(&db, dir.as_deref())? else {
+                return Ok(None);
+            };
+            if pending.restored() {
+                pending.retire()?;
+                tracing::warn!(database = %db.display(), rescue = %pending.rescue.display(), "the rescue was restored at the database's path; the restore marker is retired");
+                return Ok(None);
+            }
+            Ok(Some(pending.refusal()))
+        })
+        .await
+        .map_err(|stuck| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("checking for a pending rescue of {shown}: {stuck} (a hung mount?)"),
+            ))
+        })?
+        .map_err(sqlx::Error::Io)?;
+        match checked {
+            None => Ok(()),
+            Some(refusal) => {
+                tracing::error!("{refusal}");
+                Err(sqlx::Error::Configuration(refusal.into()))
+            }
+        }
+    }
+
+    /// Lists, logs and publishes (metrics `db_liveness_leftover_files` and
+    /// `_bytes`) what earlier faults left for the database at `db_path`.
+    pub(crate) async fn report_leftovers(
+        db_path: &std::path::Path,
+        rescue_dir: Option<&std::path::Path>,
+        bound: Duration,
+    ) {
+        let (db, dir) = (
+            db_path.to_path_buf(),
+            rescue_dir.map(std::path::Path::to_path_buf),
+        );
+        let Ok(found) = blocking::run(bound, move || marker::leftovers(&db, dir.as_deref())).await
+        else {
+            return;
+        };
+        crate::metrics::leftovers(found.files.len(), found.bytes());
+        if found.files.is_empty() {
+            return;
+        }
+        let list: Vec<String> = found
+            .files
+            .iter()
+            .map(|(path, size)| format!("{} ({size} B)", path.display()))
+            .collect();
+        tracing::warn!(
+            database = %db_path.display(),
+            files = found.files.len(),
+            bytes = found.bytes(),
+            "files from earlier faults are kept (rescues, restore markers, set-aside -wal/-shm); \
+             the crate never deletes them: remove them once the database is checked: {}",
+            list.join(", ")
+        );
+    }
+
+    /// Restores the rescue a give-up left for the database at `db_path`:
+    /// verifies it (a complete SQLite file whose `quick_check` is ok), sets
+    /// whatever is at the path and its `-wal`/`-shm`/`-journal` aside
+    /// (renamed `...replaced-<stamp>` / `...stale-<stamp>`, never
+    /// deleted), copies the rescue next to the path and renames it into
+    /// place (the rescue file stays where it is, as evidence) and retires the
+    /// marker. Run it while no process has the database open. Returns the
+    /// rescue that was restored.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// use tower_db_liveness::LivePool;
+    /// let restored = LivePool::restore_rescue("/var/lib/app/app.db", None).await?;
+    /// println!("restored {}", restored.display());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn restore_rescue(
+        db_path: impl AsRef<std::path::Path>,
+        rescue_dir: Option<&std::path::Path>,
+    ) -> Result<PathBuf, sqlx::Error> {
+        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
+        let dir = rescue_dir.map(std::path::Path::to_path_buf);
+        let found = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || marker::find(&db, dir.as_deref()))
+                .await
+                .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
+                .map_err(sqlx::Error::Io)?
+        };
+        let Some(pending) = found else {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no rescue is waiting to be restored at {}", db.display()),
+            )));
+        };
+        // SQLite's own verdict on the rescue, read-only.
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&pending.rescue)
+            .read_only(true);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        let verdict: String = sqlx::query_scalar("PRAGMA quick_check(1)")
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = sqlx::Connection::close(conn).await;
+        if verdict != "ok" {
+            return Err(sqlx::Error::Io(std::io::Error::other(format!(
+                "the rescue {} fails its check: {verdict}",
+                pending.rescue.display()
+            ))));
+        }
+        let rescue = pending.rescue.clone();
+        let set_aside = tokio::task::spawn_blocking(move || marker::put_back(&pending))
+            .await
+            .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
+            .map_err(sqlx::Error::Io)?;
+        for aside in set_aside {
+            tracing::warn!(moved_to = %aside.display(), "set aside before the restore");
+        }
+        tracing::warn!(database = %db.display(), rescue = %rescue.display(), "the rescue was restored at the database's path");
+        Ok(rescue)
+    }
+
     /// Compares the database file the pool opened with what its path leads
     /// to now, and reports a deleted, moved or replaced file to the policy
     /// (the watchdog runs this periodically).

@@ -75,11 +75,18 @@ async fn run(
             .as_ref()
             .and_then(|f| f.path().parent())
             .map(Path::to_path_buf);
+        // The names in that directory whose removal or rename matters: the
+        // database, its -wal and -shm, and the configured name (a symlink).
+        let names = file.as_ref().map(watched_names).unwrap_or_default();
         tokio::select! {
             _ = &mut stop => return,
-            () = events.watch(dir) => {}
+            () = events.watch(dir, names) => {}
         }
         let Some(file) = file else { continue };
+        tracing::trace!(
+            generation = number,
+            "watchdog: checking the database file's identity"
+        );
         let read_only = inner.upgrade().is_some_and(|i| i.is_read_only(number));
         let checked = tokio::select! {
             _ = &mut stop => return,
@@ -132,11 +139,32 @@ async fn run(
     }
 }
 
+/// The file names in the database's directory whose removal, rename or
+/// creation the filesystem watch wakes the watchdog for.
+fn watched_names(file: &crate::backend::sqlite::identity::DbFile) -> Vec<std::ffi::OsString> {
+    let mut names = Vec::new();
+    if let Some(name) = file.path().file_name() {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut with = name.to_owned();
+            with.push(suffix);
+            names.push(with);
+        }
+    }
+    if file.configured().parent() == file.path().parent()
+        && let Some(name) = file.configured().file_name()
+        && !names.iter().any(|n| n == name)
+    {
+        names.push(name.to_owned());
+    }
+    names
+}
+
 #[cfg(feature = "fs-watch")]
 use fs_events::DirEvents;
 
 #[cfg(feature = "fs-watch")]
 mod fs_events {
+    use std::ffi::OsString;
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -147,11 +175,17 @@ mod fs_events {
     use crate::blocking;
 
     /// A filesystem watch on the database's directory that wakes the
-    /// watchdog on removals and renames (never on ordinary writes).
+    /// watchdog on removals and renames (never on ordinary writes) of the
+    /// database's own names, or of the directory itself. Events about other
+    /// files in the directory (a busy upload folder, a `-journal` on every
+    /// DELETE-mode write, anyone creating and deleting files) are dropped in
+    /// the watch's thread, and the wake-ups that pass are coalesced (one
+    /// pending wake-up at most): a storm costs the watch thread's filtering,
+    /// not identity checks.
     pub(super) struct DirEvents {
         enabled: bool,
         wake: Arc<Notify>,
-        watching: Option<(PathBuf, RecommendedWatcher)>,
+        watching: Option<(PathBuf, Vec<OsString>, RecommendedWatcher)>,
     }
 
     impl DirEvents {
@@ -171,27 +205,43 @@ mod fs_events {
             }
         }
 
-        /// (Re)arms the watch on `dir` when it changed. Adding a watch
-        /// resolves the path, which can hang like a `stat`: it runs on the
-        /// filesystem threads, with a bound.
-        pub(super) async fn watch(&mut self, dir: Option<PathBuf>) {
-            if !self.enabled || self.watching.as_ref().map(|(d, _)| d) == dir.as_ref() {
+        /// (Re)arms the watch on `dir` for `names` when they changed. Adding
+        /// a watch resolves the path, which can hang like a `stat`: it runs
+        /// on the filesystem threads, with a bound.
+        pub(super) async fn watch(&mut self, dir: Option<PathBuf>, names: Vec<OsString>) {
+            if !self.enabled
+                || self
+                    .watching
+                    .as_ref()
+                    .is_some_and(|(d, n, _)| Some(d) == dir.as_ref() && *n == names)
+                || (self.watching.is_none() && dir.is_none())
+            {
                 return;
             }
             self.watching = None;
             let Some(dir) = dir else { return };
             let wake = Arc::clone(&self.wake);
             let watched = dir.clone();
+            let (filter_dir, filter_names) = (dir.clone(), names.clone());
             let armed = blocking::run(super::CHECK_BOUND, move || {
                 let watcher =
                     notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                         let relevant = match event {
-                            Ok(event) => matches!(
-                                event.kind,
-                                EventKind::Remove(_)
-                                    | EventKind::Modify(ModifyKind::Name(_))
-                                    | EventKind::Create(_)
-                            ),
+                            Ok(event) => {
+                                event.need_rescan()
+                                    || (matches!(
+                                        event.kind,
+                                        EventKind::Remove(_)
+                                            | EventKind::Modify(ModifyKind::Name(_))
+                                            | EventKind::Create(_)
+                                    ) && event.paths.iter().any(|path| {
+                                        *path == filter_dir
+                                            || (path.parent() == Some(filter_dir.as_path())
+                                                && path.file_name().is_some_and(|n| {
+                                                    filter_names.iter().any(|w| w == n)
+                                                }))
+                                    }))
+                            }
                             // A broken watch: let the poll look right away.
                             Err(_) => true,
                         };
@@ -203,7 +253,7 @@ mod fs_events {
             })
             .await;
             match armed {
-                Ok(Ok(watcher)) => self.watching = Some((dir, watcher)),
+                Ok(Ok(watcher)) => self.watching = Some((dir, names, watcher)),
                 Ok(Err(err)) => {
                     tracing::warn!(dir = %dir.display(), error = %err, "filesystem watch unavailable; polling only")
                 }
@@ -229,5 +279,5 @@ impl DirEvents {
         std::future::pending().await
     }
 
-    async fn watch(&mut self, _dir: Option<std::path::PathBuf>) {}
+    async fn watch(&mut self, _dir: Option<std::path::PathBuf>, _names: Vec<std::ffi::OsString>) {}
 }
