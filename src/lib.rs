@@ -355,6 +355,7 @@ pub mod health;
 mod layer;
 mod live_pool;
 mod metrics;
+pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]

@@ -22,7 +22,8 @@ pub struct LivePoolBuilder<DB: Backend = Sqlite> {
     pub(crate) source: Source<DB>,
     pub(crate) config: Config,
     /// What only this backend's builder sets.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // SQLite has none
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+    // SQLite has none
     pub(crate) settings: DB::Settings,
     #[cfg(feature = "migrate")]
     migrator: Option<&'static sqlx::migrate::Migrator>,

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 pub(crate) use builder::Config;
 pub use builder::LivePoolBuilder;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) use builder::Source;
 pub(crate) use erased::{AnyLive, WeakAnyLive};
 pub use generation::Generation;

@@ -1,0 +1,1 @@
+//! # MySQL and MariaDB: the same guarantees through a switchover (feature `mysql`)
