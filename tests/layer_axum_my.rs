@@ -38,7 +38,9 @@ struct Sample {
     body: String,
     sent: u8,
     answered: u8,
-    /// When the answer came, since the test started.
+    /// When the request was sent, since the test started.
+    sent_at: Duration,
+    /// When the answer came.
     at: Duration,
     reply: Reply,
 }
@@ -107,12 +109,14 @@ async fn a_switchover_with_the_old_primary_up_heals_in_place() -> TestResult {
                 let body = format!("load {i}");
                 i += 1;
                 let sent = phase.load(Ordering::SeqCst);
+                let sent_at = start.elapsed();
                 let reply = http.post("/notes", body.clone()).await?;
                 let answered = phase.load(Ordering::SeqCst);
                 samples.push(Sample {
                     body,
                     sent,
                     answered,
+                    sent_at,
                     at: start.elapsed(),
                     reply,
                 });
@@ -216,10 +220,7 @@ async fn a_switchover_with_the_old_primary_up_heals_in_place() -> TestResult {
         .iter()
         .filter(|s| s.sent == REPOINTED && s.reply.status != 201)
         .count();
-    let after_swap: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.at > swapped && s.sent == REPOINTED)
-        .collect();
+    let after_swap: Vec<&Sample> = samples.iter().filter(|s| s.sent_at > swapped).collect();
     let failed_after_swap = after_swap.iter().filter(|s| s.reply.status != 201).count();
     let mut ready_counts: HashMap<&str, usize> = HashMap::new();
     for answer in &pinned_ready {
@@ -229,7 +230,7 @@ async fn a_switchover_with_the_old_primary_up_heals_in_place() -> TestResult {
     println!(
         "writer: {} requests, {} answered 201, {} answered 503; repoint -> swap {:?}, \
          repoint -> first 201 {:?}; {failed_after} failed after the repoint, \
-         {failed_after_swap} of {} answered after the swap failed; readiness while pinned: \
+         {failed_after_swap} of {} sent after the swap failed; readiness while pinned: \
          {ready_counts:?}",
         samples.len(),
         count(201),
