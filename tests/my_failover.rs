@@ -229,6 +229,47 @@ async fn switchover(max_connections: u32) -> TestResult {
     Ok(())
 }
 
+/// No request at all, before or after the endpoint moves: the background
+/// check alone finds the pool's server read-only, then the endpoint leading
+/// to another server that takes writes, and heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_move_is_found_with_no_request() -> TestResult {
+    let cluster = cluster();
+    let (on_give_up, mut gave_up) = exits();
+    let live = LivePool::mysql(options(&cluster))
+        .on_give_up(on_give_up)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    let new = admin(&cluster, |c| c.switchover()).await?;
+    let switched = Instant::now();
+    wait_for_status(&live, "read-only while pinned", |s| {
+        matches!(s, PoolStatus::ReadOnly { .. })
+    })
+    .await;
+    let found = switched.elapsed();
+    cluster.repoint(new);
+    let repointed = Instant::now();
+    wait_for_status(&live, "healed with no request", |s| {
+        matches!(s, PoolStatus::Live { generation: 1, .. })
+    })
+    .await;
+    println!(
+        "read-only found {found:?} after the switchover; healed {:?} after the repoint, \
+         with no request",
+        repointed.elapsed()
+    );
+    let id = write(&live, "after").await?;
+    let on_new = admin(&cluster, move |c| c.ids(new, "t")).await?;
+    assert!(
+        on_new.contains(&id),
+        "the write after the heal is on the new primary"
+    );
+    assert!(gave_up.try_recv().is_err());
+    live.close().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_pool_of_10() -> TestResult {
     switchover(10).await
@@ -372,6 +413,70 @@ async fn own_read_only_transaction_is_not_a_fault() -> TestResult {
     write(&live, "y").await?;
     assert_eq!(live.generation(), 0);
     assert!(matches!(live.status(), PoolStatus::Live { .. }));
+    live.close().await;
+    Ok(())
+}
+
+/// The endpoint black-holed (the node's network gone, sockets open): the
+/// probe answers `warn`, then `fail` from the third in a row, and nothing
+/// heals (nothing proves the server dead); `pass` again once bytes flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_is_not_answering_and_never_heals() -> TestResult {
+    let cluster = cluster();
+    let (on_give_up, mut gave_up) = exits();
+    let live = LivePool::mysql(options(&cluster))
+        .on_give_up(on_give_up)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    let health = HealthService::new(live.clone());
+    let (_, body) = get_health(&health).await?;
+    assert_eq!(body["status"], "pass", "{body}");
+
+    cluster.black_hole(true);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let (code, body) = get_health(&health).await?;
+        answers.push((code, body["status"].as_str().unwrap_or("").to_owned()));
+        assert!(
+            matches!(body["state"].as_str(), Some("not_answering" | "transient")),
+            "{body}"
+        );
+    }
+    println!("probes while black-holed: {answers:?}");
+    assert_eq!(answers[0], (200, "warn".to_owned()));
+    assert_eq!(answers[2], (503, "fail".to_owned()));
+    assert_eq!(answers[3], (503, "fail".to_owned()));
+    assert_eq!(live.generation(), 0, "a black hole must not heal");
+    assert!(
+        matches!(live.status(), PoolStatus::Live { .. }),
+        "{:?}",
+        live.status()
+    );
+
+    cluster.black_hole(false);
+    let lifted = Instant::now();
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let (_, body) = get_health(&health).await?;
+        if body["status"] == "pass" {
+            break;
+        }
+        assert!(
+            lifted.elapsed() < BOUND,
+            "no pass after the black hole: {body}"
+        );
+        // Each probe is bounded by its own timeout; this only spaces them.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "pass again {:?} ({probes} probes) after the black hole",
+        lifted.elapsed()
+    );
+    write(&live, "after").await?;
+    assert_eq!(live.generation(), 0);
+    assert!(gave_up.try_recv().is_err());
     live.close().await;
     Ok(())
 }
