@@ -480,3 +480,139 @@ async fn black_hole_is_not_answering_and_never_heals() -> TestResult {
     live.close().await;
     Ok(())
 }
+
+/// The health probe alone (no background check, no request): a server that
+/// does not take writes is never `pass`; read-only in place answers
+/// `read_only`; once the endpoint leads to another server that takes
+/// writes, the probe's finding is `fail` and starts the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_alone_never_passes_a_pinned_pool_and_heals_it() -> TestResult {
+    let cluster = cluster();
+    let (on_give_up, mut gave_up) = exits();
+    let live = LivePool::mysql(options(&cluster))
+        .check_interval(None)
+        .on_give_up(on_give_up)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    let health = HealthService::new(live.clone());
+    let new = admin(&cluster, |c| c.switchover()).await?;
+    let (code, body) = get_health(&health).await?;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("warn")),
+        "{body}"
+    );
+    assert_eq!(body["state"], "read_only", "{body}");
+    assert_eq!(live.generation(), 0);
+
+    cluster.repoint(new);
+    let (code, body) = get_health(&health).await?;
+    println!("the first probe after the repoint: {code} {body}");
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (503, Some("fail")),
+        "{body}"
+    );
+    wait_for_status(&live, "healed by the probe's finding", |s| {
+        matches!(s, PoolStatus::Live { generation: 1, .. })
+    })
+    .await;
+    let (_, body) = get_health(&health).await?;
+    assert_eq!(body["status"], "pass", "{body}");
+    assert!(gave_up.try_recv().is_err());
+    live.close().await;
+    Ok(())
+}
+
+/// The check of a new connection (no background check, no probe): the
+/// pool is read-only (found from a write's 1290), the endpoint moves, and
+/// the first new connection, which reaches the new primary, heals at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_that_finds_the_endpoint_moved_heals_at_once() -> TestResult {
+    let cluster = cluster();
+    let (on_give_up, mut gave_up) = exits();
+    let live = LivePool::mysql(options(&cluster))
+        .check_interval(None)
+        .on_give_up(on_give_up)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    let new = admin(&cluster, |c| c.switchover()).await?;
+    let err = write(&live, "pinned")
+        .await
+        .expect_err("the demoted node refuses writes");
+    assert_eq!(number(&err), Some(1290), "{err}");
+    let outcome = live.lease().report(&err).await;
+    assert!(
+        matches!(outcome, Outcome::Ignored(ErrorClass::Transient)),
+        "{outcome:?}"
+    );
+    assert!(
+        matches!(live.status(), PoolStatus::ReadOnly { .. }),
+        "{:?}",
+        live.status()
+    );
+
+    cluster.repoint(new);
+    // Every connection the pool has is busy: the next write opens one.
+    let mut held = Vec::new();
+    while let Some(conn) = live.pool().try_acquire() {
+        held.push(conn);
+    }
+    let id = write(&live, "on a new connection").await?;
+    wait_for_status(&live, "healed by a new connection's check", |s| {
+        matches!(s, PoolStatus::Live { generation: 1, .. })
+    })
+    .await;
+    drop(held);
+    let on_new = admin(&cluster, move |c| c.ids(new, "t")).await?;
+    assert!(
+        on_new.contains(&id),
+        "the write on the new connection is on the new primary"
+    );
+    assert!(gave_up.try_recv().is_err());
+    live.close().await;
+    Ok(())
+}
+
+/// A new connection that reaches another server that does not take writes
+/// (the endpoint misrouted to the replica) is never served: it is handed
+/// out ended, so the request fails at once (transient) instead of reading
+/// from the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_to_another_read_only_server_is_never_served() -> TestResult {
+    let cluster = cluster();
+    let live = LivePool::mysql(options(&cluster))
+        .check_interval(None)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    let mut held = Vec::new();
+    while let Some(conn) = live.pool().try_acquire() {
+        held.push(conn);
+    }
+    cluster.repoint(Node::M2);
+    let answered: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("SELECT CAST(@@server_id AS SIGNED)")
+            .fetch_one(&live.pool())
+            .await;
+    println!("a query on a new connection to the replica: {answered:?}");
+    let err = answered.expect_err("a connection to the replica must not serve");
+    assert_eq!(
+        tower_db_liveness::classify(&err),
+        ErrorClass::Transient,
+        "{err:?}"
+    );
+    assert_eq!(live.generation(), 0);
+    assert!(
+        matches!(live.status(), PoolStatus::Live { .. }),
+        "{:?}",
+        live.status()
+    );
+    cluster.repoint(Node::M1);
+    drop(held);
+    write(&live, "after").await?;
+    live.close().await;
+    Ok(())
+}
