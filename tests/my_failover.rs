@@ -539,20 +539,15 @@ async fn a_new_connection_that_finds_the_endpoint_moved_heals_at_once() -> TestR
         .await?;
     create_table(&live).await?;
     let new = admin(&cluster, |c| c.switchover()).await?;
+    // Reported by `write`, as the layer would: confirmed, read-only.
     let err = write(&live, "pinned")
         .await
         .expect_err("the demoted node refuses writes");
     assert_eq!(number(&err), Some(1290), "{err}");
-    let outcome = live.lease().report(&err).await;
-    assert!(
-        matches!(outcome, Outcome::Ignored(ErrorClass::Transient)),
-        "{outcome:?}"
-    );
-    assert!(
-        matches!(live.status(), PoolStatus::ReadOnly { .. }),
-        "{:?}",
-        live.status()
-    );
+    wait_for_status(&live, "read-only, from the write's 1290", |s| {
+        matches!(s, PoolStatus::ReadOnly { .. })
+    })
+    .await;
 
     cluster.repoint(new);
     // Every connection the pool has is busy: the next write opens one.
