@@ -15,8 +15,9 @@ use crate::backend::sqlite::rescue::RescueConfig;
 use crate::backend::sqlite::{self, SqliteState, configured_path, open_files};
 
 /// Builds a [`LivePool`]: see [`LivePool::builder`] and
-/// [`LivePool::builder_with_pool`] for SQLite, and `LivePool::postgres` for
-/// Postgres (feature `postgres`).
+/// [`LivePool::builder_with_pool`] for SQLite, `LivePool::postgres` for
+/// Postgres (feature `postgres`) and `LivePool::mysql` for MySQL (feature
+/// `mysql`).
 #[must_use]
 pub struct LivePoolBuilder<DB: Backend = Sqlite> {
     pub(crate) source: Source<DB>,
@@ -158,7 +159,9 @@ impl<DB: Backend> LivePoolBuilder<DB> {
 
     /// How long a reopen (connect and verification) may take before the
     /// policy gives up. Default: 10 s for SQLite; for Postgres 60 s, the
-    /// time a failover has to produce a writable primary.
+    /// time a failover has to produce a writable primary; for MySQL none
+    /// (the wait for a writable primary never gives up: the demoted primary
+    /// stays up, and a restarted process would wait the same way).
     pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
         self.config.reopen_timeout = timeout;
         self
