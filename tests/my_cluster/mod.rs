@@ -49,7 +49,7 @@ use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -192,7 +192,8 @@ pub struct Cluster {
     /// Serializes admin operations (not the proxy's controls).
     admin: Mutex<()>,
     teardown: Teardown,
-    ports: [PortLease; 2],
+    /// A node whose port was taken before it bound it moves to another.
+    ports: Mutex<[PortLease; 2]>,
 }
 
 impl Cluster {
@@ -232,7 +233,7 @@ impl Cluster {
             running: [AtomicBool::new(false), AtomicBool::new(false)],
             admin: Mutex::new(()),
             teardown,
-            ports,
+            ports: Mutex::new(ports),
         };
         cluster.spawn_node(Node::M1)?;
         cluster.spawn_node(Node::M2)?;
@@ -271,7 +272,7 @@ impl Cluster {
     }
 
     pub fn port(&self, node: Node) -> u16 {
-        self.ports[node.index()].0
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())[node.index()].0
     }
 
     pub fn proxy_port(&self) -> u16 {
@@ -478,8 +479,29 @@ impl Cluster {
     }
 
     /// `mariadbd --no-defaults` for `node`, then waits until the admin can
-    /// connect.
+    /// connect. A port found free can be taken by someone else before the
+    /// server binds it (an accepted race): a start that fails on "Address
+    /// already in use" is retried on another port, which the proxy follows.
     fn spawn_node(&self, node: Node) -> Result<(), ClusterError> {
+        let log = &self.nodes[node.index()].log;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let logged = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+            match self.spawn_once(node) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempts < 5 && log_since(log, logged).contains("already in use") => {
+                    drop(e);
+                    let lease = PortLease::new()?;
+                    self.proxy.shared.upstream[node.index()].store(lease.0, Ordering::SeqCst);
+                    self.ports.lock().unwrap_or_else(|e| e.into_inner())[node.index()] = lease;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn_once(&self, node: Node) -> Result<(), ClusterError> {
         let n = &self.nodes[node.index()];
         let port = self.port(node);
         let mut cmd = self.server.tool("mariadbd", &n.dir);
@@ -516,19 +538,42 @@ impl Cluster {
             .map_err(io_error("spawn mariadbd"))?;
         self.children()[node.index()] = Some(child);
         self.running[node.index()].store(true, Ordering::SeqCst);
+        // Until the admin can connect; a server that exited is an error at
+        // once (with its log), not a wait for the bound.
         let url = self.admin_url(node);
-        self.sql(
-            node,
-            "wait for the node to accept connections",
-            async move {
-                poll("accepting connections", || {
-                    let url = url.clone();
-                    async move { Ok(fetch::<i64>(&url, "SELECT 1").await? == 1) }
-                })
-                .await
-                .map_err(sqlx::Error::Protocol)
-            },
-        )
+        let deadline = Instant::now() + READY_BOUND;
+        loop {
+            let exited = self.children()[node.index()]
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.children()[node.index()] = None;
+                self.running[node.index()].store(false, Ordering::SeqCst);
+                return Err(ClusterError::with_log(
+                    format!("{node}: mariadbd exited at start ({status})"),
+                    &n.log,
+                ));
+            }
+            let url = url.clone();
+            let last = match block_on(async move {
+                tokio::time::timeout(ATTEMPT_BOUND, fetch::<i64>(&url, "SELECT 1")).await
+            }) {
+                Ok(Ok(Ok(1))) => return Ok(()),
+                Ok(Ok(Ok(other))) => format!("SELECT 1 answered {other}"),
+                Ok(Ok(Err(e))) => e.to_string(),
+                Ok(Err(_)) => format!("one attempt took over {ATTEMPT_BOUND:?}"),
+                Err(e) => e.0,
+            };
+            if Instant::now() >= deadline {
+                return Err(ClusterError::with_log(
+                    format!(
+                        "{node}: not accepting connections after {READY_BOUND:?} (last: {last})"
+                    ),
+                    &n.log,
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Waits (bounded) for `node`'s process to exit.
@@ -998,28 +1043,6 @@ async fn catch_up(primary: &str, replica: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Re-checks a server state every `POLL` until it holds, at most
-/// `READY_BOUND`: a starting server has no way to signal it.
-async fn poll<F, Fut>(what: &str, mut check: F) -> Result<(), String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, sqlx::Error>>,
-{
-    let deadline = Instant::now() + READY_BOUND;
-    loop {
-        let last = match tokio::time::timeout(ATTEMPT_BOUND, check()).await {
-            Ok(Ok(true)) => return Ok(()),
-            Ok(Ok(false)) => "not yet".to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("one attempt took over {ATTEMPT_BOUND:?}"),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not after {READY_BOUND:?} (last: {last})"));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 // ---------------------------------------------------------------- the proxy
 
 /// The VIP: a TCP proxy on its own thread and runtime. A new connection goes
@@ -1033,7 +1056,7 @@ struct Proxy {
 }
 
 struct ProxyShared {
-    upstream: [u16; 2],
+    upstream: [AtomicU16; 2],
     target: AtomicUsize,
     black_hole: watch::Sender<bool>,
     accepted: [AtomicU64; 2],
@@ -1052,7 +1075,7 @@ impl Proxy {
             TcpListener::from_std(listener)?
         };
         let shared = Arc::new(ProxyShared {
-            upstream,
+            upstream: upstream.map(AtomicU16::new),
             target: AtomicUsize::new(target.index()),
             black_hole: watch::Sender::new(false),
             accepted: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -1099,7 +1122,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
         };
         let node = shared.target.load(Ordering::SeqCst);
         shared.accepted[node].fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(serve(client, shared.upstream[node], shared.clone()));
+        let port = shared.upstream[node].load(Ordering::SeqCst);
+        tokio::spawn(serve(client, port, shared.clone()));
     }
 }
 
@@ -1155,4 +1179,11 @@ fn tail(path: &Path, lines: usize) -> String {
         }
         Err(e) => format!("({e})"),
     }
+}
+
+/// What a log gained after byte `offset`.
+fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = (offset as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }

@@ -305,6 +305,18 @@ async fn confirm(
         Verdict::Pinned(why) => Verdict::Pinned(format!("{message}: {why}")),
         other => other,
     };
+    if matches!(verdict, Verdict::Writable) && !proof {
+        // No idle connection to ask, and the endpoint's server (the pool's)
+        // takes writes: the same answer as above.
+        inner.clear_read_only(generation);
+        tracing::info!(
+            number,
+            error = message,
+            "a read-only error from a server that takes writes: the application's own read-only \
+             transaction or table, not a fault"
+        );
+        return Outcome::Ignored(ErrorClass::Other);
+    }
     match act(&inner, generation, &verdict) {
         Some(heal) => heal.await,
         None => Outcome::Ignored(ErrorClass::Transient),
