@@ -89,11 +89,16 @@
 //!
 //! Measured (tests/my_failover.rs, tests/layer_axum_my.rs: a MariaDB 10.11
 //! primary and GTID replica behind a TCP proxy, the old primary left up and
-//! read-only, the proxy on it for 8 s, then moved; 2 cores): readiness never
-//! `pass` while pinned; the endpoint's move to the new pool swapped in took
-//! 0.16–0.8 s, the first acknowledged write came 0.17–0.8 s after the move,
-//! no write started after the swap failed, every acknowledged write is on the
-//! new primary, none on the demoted node, and nothing exited.
+//! read-only, the proxy on it for 8 s, then moved; 3 writers at ~250
+//! writes/s; 2 shared cores; 7 runs each): readiness never `pass` while
+//! pinned (`warn`, `read_only`); from the move to the first acknowledged
+//! write 0.26 s median (0.08–0.44 s) with a pool of 10, 0.46 s median
+//! (0.03–1.66 s) with a pool of 2, and through `examples/axum` to the first
+//! 201 0.08–0.78 s; 0 writes started after the new pool was swapped in
+//! failed; every acknowledged write is on the new primary, none on the
+//! demoted node; nothing exited. With no request at all, the background
+//! check found the read-only server 1.0–1.9 s after the switchover and healed
+//! 0.6–1.0 s after the move.
 //!
 //! # Classification
 //!
