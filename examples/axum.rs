@@ -1,4 +1,4 @@
-//! The notes service: axum 0.8 on SQLite or PostgreSQL, kept honest by
+//! The notes service: axum 0.8 on SQLite, PostgreSQL or MySQL/MariaDB, kept honest by
 //! `DbLivenessLayer`.
 //!
 //! ```text
@@ -6,17 +6,21 @@
 //!     [--grace-secs N] [--journal wal|delete] [--rescue-dir DIR] [--watchdog-ms MS]
 //! cargo run --example axum --features axum,postgres[,metrics] -- --db postgres://USER@HOST:PORT/DB
 //!     [--addr IP:PORT] [--grace-secs N] [--failover-secs N]
+//! cargo run --example axum --features axum,mysql[,metrics] -- --db mysql://USER:PASS@HOST:PORT/DB
+//!     [--addr IP:PORT] [--grace-secs N] [--failover-secs N]
 //!
 //!   --db FILE|URL      a SQLite database file (default: notes.db in a new temporary
 //!                      directory), or a postgres:// (postgresql://) URL: the endpoint
-//!                      of your primary (the Service, VIP or PgBouncer in front of it)
+//!                      of your primary (the Service, VIP or PgBouncer in front of it),
+//!                      or a mysql:// (mariadb://) URL: your primary's endpoint (the VIP,
+//!                      the Aurora cluster endpoint)
 //!   --addr IP:PORT     where to listen (default: 127.0.0.1:3000)
 //!   --grace-secs N     on a give-up, how long requests in flight may take (default: 10)
 //! SQLite only:
 //!   --journal MODE     wal or delete (default: wal)
 //!   --rescue-dir DIR   where rescue files go (default: beside the database's directory)
 //!   --watchdog-ms MS   how often the file's identity is checked; 0 turns it off (default: 1000)
-//! PostgreSQL only:
+//! PostgreSQL and MySQL only:
 //!   --failover-secs N  how long a failover may take to produce a writable primary
 //!                      behind the URL before the process gives up (default: no
 //!                      limit: a restart would wait the same way)
@@ -62,9 +66,19 @@
 //! `cargo run --release --example failover --features axum,postgres`
 //! replays that on a real primary and standby.
 //!
+//! MySQL / MariaDB (feature `mysql`): a switchover leaves the old primary up
+//! and read-only, and no connection breaks. While the endpoint still leads
+//! to it, the pool cannot tell that from a primary made read-only in place:
+//! reads are served, writes answer 503 (never a 201 for a write the server
+//! refused), `/readyz` answers `warn` with `"state":"read_only"` (never
+//! `pass`). Once the endpoint leads to another server that takes writes (the
+//! background check asks it about every second), the pinned pool is closed
+//! and a new one swapped in (`"generation":1`), with no failing write needed
+//! and no restart.
+//!
 //! `tests/layer_axum.rs` serves this `app()` in-process and runs this binary
-//! on SQLite files; `tests/layer_axum_pg.rs` runs it through a real
-//! switchover.
+//! on SQLite files; `tests/layer_axum_pg.rs` and `tests/layer_axum_my.rs` run
+//! it through a real switchover.
 
 use std::future::Future;
 use std::io::Write;
@@ -83,7 +97,8 @@ use tower_db_liveness::{Backend, Check, DbError, DbLivenessLayer, HealthService,
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: axum [--db FILE|postgres://USER@HOST:PORT/DB] [--addr IP:PORT] \
+const USAGE: &str = "usage: axum [--db FILE|postgres://USER@HOST:PORT/DB|mysql://USER:PASS@HOST:PORT/DB] \
+                     [--addr IP:PORT] \
                      [--grace-secs N] [--journal wal|delete] [--rescue-dir DIR] \
                      [--watchdog-ms MS] [--failover-secs N]";
 
@@ -244,12 +259,92 @@ pub mod postgres {
     }
 }
 
+/// The same service on MySQL or MariaDB (feature `mysql`): the routes have
+/// the same shapes; only the SQL and the pool's type differ.
+#[cfg(feature = "mysql")]
+pub mod mysql {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::response::Response;
+    use axum::routing::post;
+    use sqlx::MySql;
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    use tower_db_liveness::{DbError, LivePool};
+
+    use super::{created, empty_note, notes, with_liveness};
+
+    /// Opens the `LivePool` (it waits, up to `failover` if given, for a
+    /// writable primary) and creates the table if it is missing.
+    pub async fn open(
+        options: MySqlConnectOptions,
+        failover: Option<Duration>,
+        grace: Duration,
+    ) -> sqlx::Result<LivePool<MySql>> {
+        let mut builder = LivePool::mysql(options)
+            .pool_options(MySqlPoolOptions::new().max_connections(4))
+            .shutdown_grace(grace);
+        if let Some(failover) = failover {
+            // Without it the policy waits for a writable primary for as long
+            // as it takes: a restart would wait the same way.
+            builder = builder.reopen_timeout(failover);
+        }
+        let live = builder.open().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS notes \
+             (id BIGINT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL)",
+        )
+        .execute(&live.pool())
+        .await?;
+        Ok(live)
+    }
+
+    /// The service: the routes behind the layer, and the health check.
+    pub fn app(live: LivePool<MySql>) -> Router {
+        with_liveness(routes(), live)
+    }
+
+    /// The database routes alone.
+    pub fn routes() -> Router<LivePool<MySql>> {
+        Router::new().route("/notes", post(add_note).get(list_notes))
+    }
+
+    async fn add_note(
+        State(live): State<LivePool<MySql>>,
+        body: String,
+    ) -> Result<Response, DbError> {
+        if body.trim().is_empty() {
+            return Ok(empty_note());
+        }
+        // An autocommit INSERT's OK packet comes after its commit: a failed
+        // commit (1290 on a server turned read-only) is an error, never an id.
+        let done = sqlx::query("INSERT INTO notes (body) VALUES (?)")
+            .bind(&body)
+            .execute(&live.pool())
+            .await?;
+        let id = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
+        Ok(created(id))
+    }
+
+    async fn list_notes(
+        State(live): State<LivePool<MySql>>,
+    ) -> Result<axum::Json<serde_json::Value>, DbError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, body FROM notes ORDER BY id")
+            .fetch_all(&live.pool())
+            .await?;
+        Ok(notes(rows))
+    }
+}
+
 /// Where the notes are.
 enum Database {
     /// A SQLite file; `None`: a new one in a temporary directory.
     File(Option<PathBuf>),
     /// A `postgres://` URL.
     Postgres(String),
+    /// A `mysql://` URL.
+    MySql(String),
 }
 
 struct Args {
@@ -281,6 +376,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 let db = value()?;
                 parsed.db = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
                     Database::Postgres(db)
+                } else if db.starts_with("mysql://") || db.starts_with("mariadb://") {
+                    Database::MySql(db)
                 } else {
                     Database::File(Some(PathBuf::from(db)))
                 };
@@ -320,10 +417,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     match (&parsed.db, file_only, postgres_only) {
-        (Database::Postgres(_), Some(flag), _) => Err(format!(
-            "{flag} is for a SQLite file, not a postgres:// URL"
+        (Database::Postgres(_) | Database::MySql(_), Some(flag), _) => Err(format!(
+            "{flag} is for a SQLite file, not a database server's URL"
         )),
-        (Database::File(_), _, Some(flag)) => Err(format!("{flag} is for a postgres:// URL")),
+        (Database::File(_), _, Some(flag)) => {
+            Err(format!("{flag} is for a postgres:// or mysql:// URL"))
+        }
         _ => Ok(parsed),
     }
 }
@@ -472,6 +571,27 @@ async fn main() -> Result<(), Error> {
             eprintln!(
                 "error: this build has no PostgreSQL support: \
                  cargo run --example axum --features axum,postgres\n{USAGE}"
+            );
+            std::process::exit(2);
+        }
+        #[cfg(feature = "mysql")]
+        Database::MySql(url) => {
+            let options: sqlx::mysql::MySqlConnectOptions = url.parse()?;
+            eprintln!(
+                "database: mysql {}@{}:{}/{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            );
+            let live = mysql::open(options, args.failover, args.grace).await?;
+            serve(live.clone(), mysql::app(live).merge(extra), args.addr).await
+        }
+        #[cfg(not(feature = "mysql"))]
+        Database::MySql(_url) => {
+            eprintln!(
+                "error: this build has no MySQL support: \
+                 cargo run --example axum --features axum,mysql\n{USAGE}"
             );
             std::process::exit(2);
         }

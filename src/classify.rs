@@ -118,6 +118,16 @@ pub enum Code {
     Sqlite(i32),
     /// A Postgres SQLSTATE (five ASCII characters).
     Sqlstate([u8; 5]),
+    /// A MySQL / MariaDB error number (`MySqlDatabaseError::number()`; the
+    /// SQLSTATE of the read-only error is the generic `HY000`).
+    MySql {
+        /// The error number.
+        number: u16,
+        /// For 1290 (an option prevents the statement): whether the option
+        /// is `--read-only` (or MySQL's `--super-read-only`) and not another
+        /// one (`--max-user-connections`, ...).
+        read_only: bool,
+    },
 }
 
 impl Code {
@@ -153,6 +163,10 @@ impl Code {
         if let Some(code) = crate::backend::postgres::sqlstate(db) {
             return Code::Sqlstate(code);
         }
+        #[cfg(feature = "mysql")]
+        if let Some((number, read_only)) = crate::backend::mysql::number(db) {
+            return Code::MySql { number, read_only };
+        }
         Code::None
     }
 
@@ -162,6 +176,10 @@ impl Code {
             Code::Sqlite(code) => classify_code(code),
             #[cfg(feature = "postgres")]
             Code::Sqlstate(code) => crate::backend::postgres::classify_sqlstate(&code),
+            #[cfg(feature = "mysql")]
+            Code::MySql { number, read_only } => {
+                crate::backend::mysql::classify_number(number, read_only)
+            }
             _ => ErrorClass::Other,
         }
     }
@@ -173,6 +191,7 @@ impl fmt::Display for Code {
             Code::None => f.write_str("none"),
             Code::Sqlite(code) => write!(f, "SQLite code {code}"),
             Code::Sqlstate(_) => write!(f, "SQLSTATE {}", self.sqlstate().unwrap_or("?")),
+            Code::MySql { number, .. } => write!(f, "MySQL error {number}"),
         }
     }
 }
@@ -257,6 +276,10 @@ pub(crate) fn find_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<Fou
         if let Some(db) = current.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
             return Some(Found::Database(db));
         }
+        #[cfg(feature = "mysql")]
+        if let Some(db) = current.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return Some(Found::Database(db));
+        }
         // Any driver's: classified by its code, if it is a driver the crate reads.
         if let Some(db) = current.downcast_ref::<Box<dyn DatabaseError>>() {
             return Some(Found::Database(db.as_ref()));
@@ -275,7 +298,9 @@ fn sqlite_code(db: &dyn DatabaseError) -> Option<i32> {
 
 fn classify_database_error(db: &dyn DatabaseError) -> ErrorClass {
     // Never the message: it can carry user input, and a `SqliteError` (or
-    // `PgDatabaseError`) always has a code.
+    // `PgDatabaseError`) always has a code. (MySQL's 1290 is the one
+    // exception, read where the code is: its number alone does not say
+    // which server option refused the statement.)
     Code::of_database(db).class()
 }
 

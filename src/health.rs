@@ -83,9 +83,9 @@
 //! | `healthy` | a verified pool in service; the probe read the database | `pass` | `pass` | served | served |
 //! | `transient` | a lock held elsewhere (SQLite BUSY), an exhausted pool, a probe with no answer within the timeout, CANTOPEN with the file in place (a descriptor shortage) | `pass` | `warn` | 503 + `Retry-After` if it fails | 503 + `Retry-After` if it fails |
 //! | `healing` | a fatal finding; the pool is being reopened (milliseconds on SQLite) | `warn` | `warn` | held by the layer, then served by the new pool | held, then served |
-//! | `awaiting_primary` | Postgres: the heal waits for a server that takes writes (a failover in progress) | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
+//! | `awaiting_primary` | Postgres, MySQL: the heal waits for a server that takes writes (a failover in progress) | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
 //! | `rescue_pending` | SQLite: the dead file's data is not saved yet, the rescue keeps failing (a full disk); the dead handle is kept | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
-//! | `read_only` | read-only in place: a Postgres primary with `default_transaction_read_only`, a read-only role or database; a SQLite file or directory that cannot be written ([`PoolStatus::ReadOnly`]) | `warn` | `warn` (routing reads away would make the outage bigger) | 503 + `Retry-After` | served |
+//! | `read_only` | read-only in place: a Postgres primary with `default_transaction_read_only`, a read-only role or database; a MySQL server with `read_only` whose endpoint still leads to it; a SQLite file or directory that cannot be written ([`PoolStatus::ReadOnly`]) | `warn` | `warn` (routing reads away would make the outage bigger) | 503 + `Retry-After` | served |
 //! | `not_answering` | the probe's check did not answer within half the timeout: a hung mount, a black-holed server | `pass` | `warn`, `fail` from the third probe in a row | waits, then fails | waits, then fails |
 //! | `unavailable` | the probe found the database dead or unreadable (its fatal findings start a heal), or the pool in service is closed | `pass` | `fail` | fails | fails |
 //! | `gave_up` | the policy gave up; the process is exiting | `fail` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |

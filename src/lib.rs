@@ -33,7 +33,10 @@
 //!   `sqlx::Error` survives the framework's error-to-response conversion.
 //!
 //! On PostgreSQL (feature `postgres`) the same shape keeps a pool off a
-//! demoted primary after a failover: see the [Postgres guide](postgres).
+//! demoted primary after a failover: see the [Postgres guide](postgres). On
+//! MySQL and MariaDB (feature `mysql`), where a switchover leaves the old
+//! primary up and read-only, it tells read-only in place from a pool pinned
+//! to a demoted primary: see the [MySQL guide](mysql).
 //!
 //! Adding it to an app that already exists (handlers on
 //! `State<SqlitePool>`, its own error enum, `sqlx::migrate!`,
@@ -193,6 +196,7 @@
 //! | `fs-watch` | the watchdog also watches the database's directory (inotify, kqueue, FSEvents) and reacts at once | `notify` |
 //! | `metrics` | records the policy's decisions through the [`metrics`](https://docs.rs/metrics) facade: see [Metrics](#metrics) | `metrics` 0.24 |
 //! | `postgres` | `LivePool<Postgres>` ([`LivePool::postgres`]): never pinned to a demoted primary or a read-only node; see the [Postgres guide](postgres) | `sqlx/postgres` |
+//! | `mysql` | `LivePool<MySql>` ([`LivePool::mysql`]): never pinned to a demoted primary that stayed up; read-only in place is degraded, not healed; see the [MySQL guide](mysql) | `sqlx/mysql` |
 //!
 //! # Metrics
 //!
@@ -284,7 +288,10 @@
 //!
 //! With the `postgres` feature, a `PgDatabaseError` is classified by its
 //! SQLSTATE, and `Io` (a dead socket, which sqlx replaces) is transient; the
-//! table is in the [Postgres guide](postgres#classification).
+//! table is in the [Postgres guide](postgres#classification). With the
+//! `mysql` feature, a `MySqlDatabaseError` is classified by its error number
+//! (its SQLSTATE is the generic `HY000` for the read-only error); the table
+//! is in the [MySQL guide](mysql#classification).
 //!
 //! # What happens to your data
 //!
@@ -355,6 +362,7 @@ pub mod health;
 mod layer;
 mod live_pool;
 mod metrics;
+pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]

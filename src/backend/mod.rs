@@ -4,6 +4,8 @@
 //! ([`LivePool`](crate::LivePool)'s single flight, generations, budget,
 //! give-up and exit) is the same for all.
 
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -33,8 +35,18 @@ pub(crate) fn random_u64() -> u64 {
     hasher.finish()
 }
 
-/// A database [`LivePool`](crate::LivePool) supports: [`sqlx::Sqlite`], and
-/// [`sqlx::Postgres`] with the `postgres` feature.
+/// A pause in `[max / 2, max]`: spread (a fleet does not act in one
+/// burst), and never much shorter than a back-off asks for.
+#[cfg(feature = "mysql")]
+pub(crate) fn jitter(max: Duration) -> Duration {
+    let half = max / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(random_u64() % nanos)
+}
+
+/// A database [`LivePool`](crate::LivePool) supports: [`sqlx::Sqlite`],
+/// [`sqlx::Postgres`] with the `postgres` feature and [`sqlx::MySql`] with
+/// the `mysql` feature.
 ///
 /// Sealed: the crate implements it for the databases it knows how to watch.
 pub trait Backend: sealed::Sealed {}
@@ -43,6 +55,9 @@ impl Backend for sqlx::Sqlite {}
 
 #[cfg(feature = "postgres")]
 impl Backend for sqlx::Postgres {}
+
+#[cfg(feature = "mysql")]
+impl Backend for sqlx::MySql {}
 
 /// What a fatal error is, once the backend has looked at it.
 pub enum Triage {

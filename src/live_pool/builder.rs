@@ -15,14 +15,16 @@ use crate::backend::sqlite::rescue::RescueConfig;
 use crate::backend::sqlite::{self, SqliteState, configured_path, open_files};
 
 /// Builds a [`LivePool`]: see [`LivePool::builder`] and
-/// [`LivePool::builder_with_pool`] for SQLite, and `LivePool::postgres` for
-/// Postgres (feature `postgres`).
+/// [`LivePool::builder_with_pool`] for SQLite, `LivePool::postgres` for
+/// Postgres (feature `postgres`) and `LivePool::mysql` for MySQL (feature
+/// `mysql`).
 #[must_use]
 pub struct LivePoolBuilder<DB: Backend = Sqlite> {
     pub(crate) source: Source<DB>,
     pub(crate) config: Config,
     /// What only this backend's builder sets.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // SQLite has none
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+    // SQLite has none
     pub(crate) settings: DB::Settings,
     #[cfg(feature = "migrate")]
     migrator: Option<&'static sqlx::migrate::Migrator>,
@@ -161,10 +163,11 @@ impl<DB: Backend> LivePoolBuilder<DB> {
     }
 
     /// How long a reopen (connect and verification) may take before the
-    /// policy gives up. Default: 10 s for SQLite; for Postgres no deadline
-    /// (the wait for a primary lasts until one answers; a timeout set here
-    /// is stretched by 0–25 % per process, so a fleet does not give up in
-    /// the same second).
+    /// policy gives up. Default: 10 s for SQLite; for Postgres and MySQL no
+    /// deadline (the wait for a primary lasts until one answers: a
+    /// restarted process would wait the same way; a timeout set here is
+    /// stretched by 0–25 % per process on Postgres, so a fleet does not give
+    /// up in the same second).
     pub fn reopen_timeout(mut self, timeout: Duration) -> Self {
         self.config.reopen_timeout = timeout;
         self

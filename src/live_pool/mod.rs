@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 pub(crate) use builder::Config;
 pub use builder::LivePoolBuilder;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) use builder::Source;
 pub(crate) use erased::{AnyLive, WeakAnyLive};
 pub use generation::Generation;
@@ -192,9 +192,14 @@ pub enum Fault {
     /// The Postgres server behind a pool meant for writes does not take
     /// them: a demoted primary (a hot standby now) or a primary turned
     /// read-only. Found from a write's SQLSTATE `25006` (or `0A000`) once a
-    /// check confirmed it, or by the writability check itself.
+    /// check confirmed it, or by the writability check itself. MySQL: the
+    /// pool's server does not take writes and the endpoint leads to another
+    /// server that does (a pool pinned to a demoted primary that stayed up);
+    /// the message names both `@@server_id`s.
     NotWritable {
-        /// The SQLSTATE of the error that led to the check, if one did.
+        /// The SQLSTATE of the error that led to the check, if one did
+        /// (Postgres only: MySQL's read-only errors are told apart by their
+        /// number, which the message holds).
         sqlstate: Option<String>,
         /// What was found (`pg_is_in_recovery()`, `transaction_read_only`).
         message: String,
@@ -271,9 +276,10 @@ pub enum PoolStatus {
         code: Option<i32>,
     },
     /// A heal of `generation` is waiting for a server that takes writes
-    /// (Postgres: the failover has not produced a reachable writable primary
-    /// yet). Nothing is served meanwhile, so `/health` answers `fail`; the
-    /// policy gives up at the reopen timeout.
+    /// (Postgres, MySQL: the failover has not produced a reachable writable
+    /// primary yet). Nothing is served meanwhile, so `/health` answers
+    /// `fail`; the policy gives up at the reopen timeout (MySQL: none by
+    /// default).
     AwaitingPrimary {
         /// The generation being replaced.
         generation: u64,
@@ -287,7 +293,8 @@ pub enum PoolStatus {
     /// The database in service answers reads but does not take writes, for
     /// a reason a restart would not change: a Postgres primary made
     /// read-only in place (`default_transaction_read_only`, a read-only
-    /// database or role), a SQLite file or directory that cannot be written
+    /// database or role), a MySQL server with `read_only` (or
+    /// `innodb_read_only`) whose endpoint still leads to it, a SQLite file or directory that cannot be written
     /// (a wrong owner, a read-only mount). Degraded, not dead: the pool is
     /// kept, reads are served, writes get 503 with `Retry-After`, readiness
     /// says `read_only` (a 200 `warn`: routing reads away would make the

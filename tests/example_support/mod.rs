@@ -282,6 +282,7 @@ pub async fn example_binary(name: &str) -> Result<PathBuf, BoxError> {
         (cfg!(feature = "systemd"), "systemd"),
         (cfg!(feature = "metrics"), "metrics"),
         (cfg!(feature = "postgres"), "postgres"),
+        (cfg!(feature = "mysql"), "mysql"),
     ] {
         if on {
             features.push(feature);
