@@ -340,6 +340,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         )
         .init();
     let (db, addr) = parse_args()?;
+    LivePool::check_pending_rescue(&db, None, Duration::from_secs(60)).await?; // liveness
     let pool = open_pool(&db).await?;
     let live = LivePool::from_pool(pool) // liveness
         .migrations(&MIGRATOR) // liveness

@@ -7,7 +7,7 @@
 //! function shared with a CLI, an error enum with a boxed, nested error
 //! type, a session middleware that answers 401 for every failure, a
 //! background task, its own shutdown signal), with every line that exists
-//! only because of the crate marked `// liveness`: 28 lines of production
+//! only because of the crate marked `// liveness`: 29 lines of production
 //! code added or changed (9 of them replace a line of the plain app), plus
 //! one `#[rustfmt::skip]` that only keeps the marks in place; no test of the
 //! app changes. `tests/adopt.rs` holds its tests, including real faults.
@@ -173,6 +173,10 @@
 //! }
 //!
 //! async fn open() -> Result<LivePool, sqlx::Error> {
+//!     // After a give-up that lost the database: refuse before `open_pool`
+//!     // creates an empty one (see "Starting again after a give-up").
+//!     let bound = std::time::Duration::from_secs(60);
+//!     LivePool::check_pending_rescue("/var/lib/app/app.db", None, bound).await?;
 //!     LivePool::from_pool(open_pool().await?).migrations(&MIGRATOR).open().await
 //! }
 //! # }
@@ -355,18 +359,24 @@
 //! The policy gives up only when the database cannot be reattached: its
 //! file was deleted, moved or replaced by another application's database,
 //! or the fault came back on the fresh pool. Before it exits it saves what
-//! the dead handle still sees into a rescue file
-//! (`<name>.rescued-<stamp>-<random>.db`, mode 0600) and logs its path in
-//! the give-up line (`rescue=...`) and [`GaveUp::rescue`](crate::GaveUp).
-//! The supervisor then starts the app again with the same configuration.
+//! the dead handle still sees into a rescue file in a private directory
+//! (`<file>.rescues/`, mode 0700; the give-up's reason and
+//! [`GaveUp::rescue`](crate::GaveUp) say where), and, when the database is
+//! no longer at its path, a marker next to the rescue. The supervisor then
+//! starts the app again with the same configuration:
 //!
-//! - The file is back at its path (a directory re-created, a restore by
-//!   rename): the app starts on it; compare it with the rescue, which holds
-//!   every write acknowledged on the dead handle.
-//! - Nothing is at the path: with `create_if_missing(true)` the app would
-//!   start on a new, empty database. Stop the service, move the newest
-//!   rescue into place (`mv app.db.rescued-...db app.db`, in the same
-//!   directory, so the move is atomic), and start it again.
+//! - the next `open()` of that path refuses to start, whatever
+//!   `create_if_missing` says, with an error that names the rescue, the
+//!   `mv` that restores it and the `rm` of the marker that starts empty on
+//!   purpose. An app that opens its own pool first (its pool function with
+//!   `create_if_missing(true)`) calls
+//!   [`LivePool::check_pending_rescue`](crate::LivePool::check_pending_rescue)
+//!   before it, as `examples/adopt.rs` does, so not even an empty file is
+//!   created at the path;
+//! - restore with the service stopped: `mv` the rescue into place, or
+//!   [`LivePool::restore_rescue`](crate::LivePool::restore_rescue), which
+//!   verifies it, sets whatever is at the path aside and keeps the rescue;
+//!   the next start serves it. The README's runbook has the details.
 //!
 //! Keep the rescue files until the data is safe: the crate never deletes
-//! them.
+//! them unless you opt in to a retention that keeps the newest.
