@@ -207,9 +207,10 @@ impl ErrorMark {
     }
 
     /// The status [`DbError`] would answer with: `503` for fatal and
-    /// transient errors, `500` otherwise. Whatever status a marked response
-    /// has, the [layer](crate::DbLivenessLayer) sends it as `503` with
-    /// `Retry-After` when the error is fatal or transient.
+    /// transient errors, `500` otherwise. Whatever error status a marked
+    /// response has, the [layer](crate::DbLivenessLayer) sends it as `503`
+    /// with `Retry-After` when the error is transient, or fatal and the
+    /// policy acted on it (a heal, a give-up).
     pub fn status(&self) -> http::StatusCode {
         status_for(self.0.class)
     }

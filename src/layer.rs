@@ -88,10 +88,14 @@ use crate::live_pool::{AnyLive, LivePool};
 ///      `source()` chain, as built by `status_from_sqlx`.
 ///
 ///    and reports it to the `LivePool` with the request's tag. The error is
-///    returned unchanged, and so is the response, but for one thing: a
-///    response whose extensions carry a fatal or transient database error
-///    (a mark) leaves as `503 Service Unavailable` with `Retry-After: 1`
-///    (kept if it has one), whatever status the code that marked it chose.
+///    returned unchanged, and so is the response, but for one thing: an
+///    error response (4xx or 5xx) whose extensions carry a transient
+///    database error, or a fatal one that the policy acted on (a heal in
+///    flight, a give-up), leaves as `503 Service Unavailable` with
+///    `Retry-After: 1` (kept if it has one), whatever status the code that
+///    marked it chose. A fatal class the policy still checks (another
+///    file's damage, an application's own read-only transaction) and a
+///    success keep their status.
 ///    A middleware that swallows a database error into its own status (a
 ///    session lookup answering 401 for every error) marks its response
 ///    (`(StatusCode::UNAUTHORIZED, ErrorMark::from(&err)).into_response()`
@@ -465,7 +469,17 @@ where
                     marked.code,
                     &marked.message,
                 );
-                if marked.class != ErrorClass::Other {
+                // The policy has decided by now: a transient error, or a
+                // fatal one that started a heal (or a give-up), means the
+                // database is unavailable; a fatal class still being
+                // checked (another file's damage, an app's own read-only
+                // transaction) keeps the status the code chose.
+                let failed =
+                    response.status().is_client_error() || response.status().is_server_error();
+                if failed
+                    && (marked.class == ErrorClass::Transient
+                        || (marked.class == ErrorClass::Fatal && live.healing_or_gave_up()))
+                {
                     unavailable(response);
                 }
             } else if let Some(found) = tonic_status(extensions) {

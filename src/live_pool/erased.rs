@@ -17,6 +17,7 @@ use crate::health::Finding;
 /// What the layer and the health service ask of a pool, whatever its backend.
 trait Watched: Send + Sync + 'static {
     fn load_state(&self) -> (u64, bool);
+    fn healing_or_gave_up(&self) -> bool;
     fn generation(&self) -> u64;
     fn status(&self) -> PoolStatus;
     fn subscribe(&self) -> watch::Receiver<PoolStatus>;
@@ -39,6 +40,11 @@ impl<DB: Backend> Watched for Inner<DB> {
     fn load_state(&self) -> (u64, bool) {
         let (generation, healing, _) = Inner::load_state(self);
         (generation, healing)
+    }
+
+    fn healing_or_gave_up(&self) -> bool {
+        let (_, healing, gave_up) = Inner::load_state(self);
+        healing || gave_up
     }
 
     fn generation(&self) -> u64 {
@@ -103,6 +109,12 @@ impl AnyLive {
 
     pub(crate) fn generation(&self) -> u64 {
         self.0.generation()
+    }
+
+    /// `true` while a heal is in flight or after a give-up: the pool in
+    /// service cannot serve now.
+    pub(crate) fn healing_or_gave_up(&self) -> bool {
+        self.0.healing_or_gave_up()
     }
 
     pub(crate) fn status(&self) -> PoolStatus {

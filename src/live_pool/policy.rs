@@ -393,23 +393,25 @@ impl<DB: Sealed> Inner<DB> {
         rescue: Option<std::path::PathBuf>,
     ) -> Healed {
         let generation = new.number;
+        let healed = Healed {
+            generation,
+            fault,
+            rescue,
+        };
         {
             let mut policy = self.policy();
             policy.heals.push_back(Instant::now());
             self.current.store(Arc::new(new));
             policy.phase = Phase::Live;
             self.state.store(generation << FLAG_BITS, Ordering::Release);
+            // Under the lock: a fatal finding about the new generation,
+            // which takes the same lock, publishes its Healing after this.
+            self.status.send_replace(PoolStatus::Live {
+                generation,
+                last_heal: Some(healed.clone()),
+            });
         }
-        let healed = Healed {
-            generation,
-            fault,
-            rescue,
-        };
         crate::metrics::healed(&healed.fault, generation);
-        self.status.send_replace(PoolStatus::Live {
-            generation,
-            last_heal: Some(healed.clone()),
-        });
         tracing::warn!(class = "fatal", code = healed.fault.code(), generation, fault = %healed.fault, rescue = ?healed.rescue, action = "healed", "database pool reopened and swapped in");
         DB::retire(self, old);
         healed
