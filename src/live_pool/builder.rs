@@ -331,6 +331,13 @@ impl LivePoolBuilder<Sqlite> {
                 // What was open before the pool: its own descriptors are the others.
                 let before = open_files(bound).await;
                 let first = pool.as_ref().clone().connect_with(connect.clone()).await?;
+                if configured.is_some() {
+                    // The file exists now. A connection the pool opens later
+                    // (all busy, one recycled) must never create an empty
+                    // file at the path after the database was deleted: it
+                    // fails instead (CANTOPEN), which the policy checks.
+                    first.set_connect_options(connect.clone().create_if_missing(false));
+                }
                 // A reopen reattaches the file that was opened and, unless
                 // allowed, never creates it.
                 let reopen_options = connect.create_if_missing(creates);
@@ -352,6 +359,10 @@ impl LivePoolBuilder<Sqlite> {
                 let configured = configured_path(&options);
                 if let Some(path) = &configured {
                     LivePool::check_pending_rescue(path, rescue_dir.as_deref(), bound).await?;
+                    // As above: the pool's later connections open the
+                    // absolute path and never create an empty file at it.
+                    let options = (*options).clone().filename(path).create_if_missing(false);
+                    pool.set_connect_options(options);
                 }
                 // Opened before it was handed over: every descriptor on
                 // another file than the one at the path is a finding.
