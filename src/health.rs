@@ -82,7 +82,7 @@
 //! |---|---|---|---|---|---|
 //! | `healthy` | a verified pool in service; the probe read the database | `pass` | `pass` | served | served |
 //! | `transient` | a lock held elsewhere (SQLite BUSY), an exhausted pool, a probe with no answer within the timeout, CANTOPEN with the file in place (a descriptor shortage) | `pass` | `warn` | 503 + `Retry-After` if it fails | 503 + `Retry-After` if it fails |
-//! | `healing` | a fatal finding; the pool is being reopened (milliseconds on SQLite) | `warn` | `warn` | held by the layer, then served by the new pool | held, then served |
+//! | `healing` | a fatal finding; the pool is being reopened (milliseconds on SQLite) | `warn` | `warn`; `fail` once the heal has run longer than the layer's default hold (2 s: the rescue of a large file) | held by the layer, then served by the new pool (503 past the hold) | held, then served (503 past the hold) |
 //! | `awaiting_primary` | Postgres, MySQL: the heal waits for a server that takes writes (a failover in progress) | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
 //! | `rescue_pending` | SQLite: the dead file's data is not saved yet, the rescue keeps failing (a full disk); the dead handle is kept | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
 //! | `read_only` | read-only in place: a Postgres primary with `default_transaction_read_only`, a read-only role or database; a MySQL server with `read_only` whose endpoint still leads to it; a SQLite file or directory that cannot be written ([`PoolStatus::ReadOnly`]) | `warn` | `warn` (routing reads away would make the outage bigger) | 503 + `Retry-After` | served |
@@ -250,6 +250,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 /// out, so that later requests join it instead of queueing more queries
 /// behind a lock.
 const FLIGHT_LIMIT: Duration = Duration::from_secs(10);
+/// How long the layer holds a request during a heal by default: a heal that
+/// runs longer fails readiness (its held requests reach the closed pool).
+const HEAL_HELD: Duration = Duration::from_secs(2);
 /// Consecutive probes whose file identity check was stuck (a hung mount)
 /// before the answer is `fail`; the ones before it are `warn`.
 pub(crate) const STUCK_PROBES: u32 = 3;
@@ -360,7 +363,7 @@ impl HealthService {
         if self.config.check == Check::Liveness || policy.decides_readiness() {
             let status = match self.config.check {
                 Check::Liveness => policy.state.liveness(),
-                Check::Readiness => policy.state.readiness(),
+                Check::Readiness => policy.ready,
             };
             return self.report(status, policy.state, None, now_utc(), policy.detail);
         }
@@ -484,7 +487,18 @@ impl HealthService {
                 }),
             ),
         };
-        PolicyView { state, detail }
+        // A heal that outlasts the layer's hold (a rescue of a large file):
+        // requests held that long are let through to the closed pool and
+        // fail, so readiness says so.
+        let ready = match self.live.healing_for() {
+            Some(running) if state == State::Healing && running > HEAL_HELD => HealthStatus::Fail,
+            _ => state.readiness(),
+        };
+        PolicyView {
+            state,
+            detail,
+            ready,
+        }
     }
 
     /// Combines the probe's finding with the policy's state now. A
@@ -503,19 +517,15 @@ impl HealthService {
         let stale = generation < self.live.generation();
         let policy = self.policy_view();
         let (state, status, detail) = match finding {
-            _ if policy.state.readiness() == HealthStatus::Fail => {
-                (policy.state, policy.state.readiness(), policy.detail)
-            }
+            _ if policy.ready == HealthStatus::Fail => (policy.state, policy.ready, policy.detail),
             Finding::Dead(detail) if !stale => {
                 (State::Unavailable, HealthStatus::Fail, Some(detail))
             }
             _ if policy.state == State::Healing => {
                 (State::Healing, HealthStatus::Warn, policy.detail)
             }
-            _ if stale => (policy.state, policy.state.readiness(), policy.detail),
-            Finding::Pass | Finding::Dead(_) => {
-                (policy.state, policy.state.readiness(), policy.detail)
-            }
+            _ if stale => (policy.state, policy.ready, policy.detail),
+            Finding::Pass | Finding::Dead(_) => (policy.state, policy.ready, policy.detail),
             Finding::Transient(detail) => (State::Transient, HealthStatus::Warn, Some(detail)),
             Finding::Silent(in_a_row, detail) => {
                 let status = if in_a_row < STUCK_PROBES {
@@ -785,6 +795,9 @@ impl State {
 struct PolicyView {
     state: State,
     detail: Option<Detail>,
+    /// The readiness verdict of `state`, or `fail` for a heal that has run
+    /// longer than the layer holds requests.
+    ready: HealthStatus,
 }
 
 impl PolicyView {
@@ -792,7 +805,7 @@ impl PolicyView {
     /// says `fail` (gave up, rescue pending, waiting for a primary) or a
     /// heal is in flight (the pool in service is being replaced).
     fn decides_readiness(&self) -> bool {
-        self.state == State::Healing || self.state.readiness() == HealthStatus::Fail
+        self.state == State::Healing || self.ready == HealthStatus::Fail
     }
 }
 

@@ -673,3 +673,48 @@ async fn a_corrupt_page_fails_and_reaches_the_policy() -> TestResult {
     assert_eq!(reopens.load(Ordering::SeqCst), 1);
     Ok(())
 }
+
+/// A heal that runs longer than the layer holds requests (2 s by default:
+/// the rescue of a large file, say) fails readiness from then on: held
+/// requests reach the closed pool and fail. Liveness stays 200. The real
+/// reopen is held at a gate; the 2 s are the behaviour under test, so the
+/// test lets them pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heal_longer_than_the_hold_fails_readiness() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (live, gate, mut exits) = open_gated(&db, |b| b.reopen_creates(true)).await?;
+    let server = serve(app(HealthService::new(live.clone()))).await?;
+    warm(&live.pool()).await?;
+    db.unlink_files()?;
+    // The probe finds the unlinked file and starts the heal.
+    let found = fetch(server.addr, Method::GET, "/readyz").await?;
+    assert_eq!(found.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(live.is_healing());
+    verdicts(
+        server.addr,
+        "healing",
+        (StatusCode::OK, "warn"),
+        (StatusCode::OK, "warn"),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(live.is_healing(), "the gate holds the reopen");
+    verdicts(
+        server.addr,
+        "healing",
+        (StatusCode::OK, "warn"),
+        (StatusCode::SERVICE_UNAVAILABLE, "fail"),
+    )
+    .await?;
+    gate.open.notify_one();
+    within("the heal", live.healed()).await?;
+    verdicts(
+        server.addr,
+        "healthy",
+        (StatusCode::OK, "pass"),
+        (StatusCode::OK, "pass"),
+    )
+    .await?;
+    assert_eq!(exits.count_now(), 0);
+    Ok(())
+}

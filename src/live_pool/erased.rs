@@ -18,6 +18,7 @@ use crate::health::Finding;
 trait Watched: Send + Sync + 'static {
     fn load_state(&self) -> (u64, bool);
     fn healing_or_gave_up(&self) -> bool;
+    fn healing_for(&self) -> Option<std::time::Duration>;
     fn generation(&self) -> u64;
     fn status(&self) -> PoolStatus;
     fn subscribe(&self) -> watch::Receiver<PoolStatus>;
@@ -49,6 +50,10 @@ impl<DB: Backend> Watched for Inner<DB> {
 
     fn generation(&self) -> u64 {
         Inner::generation(self)
+    }
+
+    fn healing_for(&self) -> Option<std::time::Duration> {
+        Inner::healing_for(self)
     }
 
     fn status(&self) -> PoolStatus {
@@ -109,6 +114,11 @@ impl AnyLive {
 
     pub(crate) fn generation(&self) -> u64 {
         self.0.generation()
+    }
+
+    /// How long the heal in flight has been running, if one is.
+    pub(crate) fn healing_for(&self) -> Option<std::time::Duration> {
+        self.0.healing_for()
     }
 
     /// `true` while a heal is in flight or after a give-up: the pool in

@@ -72,6 +72,7 @@ enum Phase {
     Live,
     Healing {
         done: watch::Receiver<Option<Outcome>>,
+        since: Instant,
     },
     GaveUp(GaveUp),
 }
@@ -157,7 +158,15 @@ impl<DB: Sealed> Inner<DB> {
 
     pub(super) fn heal_in_flight(&self) -> Option<watch::Receiver<Option<Outcome>>> {
         match &self.policy().phase {
-            Phase::Healing { done } => Some(done.clone()),
+            Phase::Healing { done, .. } => Some(done.clone()),
+            _ => None,
+        }
+    }
+
+    /// How long the heal in flight has been running, if one is.
+    pub(crate) fn healing_for(&self) -> Option<Duration> {
+        match &self.policy().phase {
+            Phase::Healing { since, .. } => Some(since.elapsed()),
             _ => None,
         }
     }
@@ -276,11 +285,14 @@ impl<DB: Sealed> Inner<DB> {
                     current,
                 })
             }
-            Phase::Healing { done } => Joined::Heal(done.clone()),
+            Phase::Healing { done, .. } => Joined::Heal(done.clone()),
             Phase::Live => {
                 tracing::error!(class = "fatal", code = fault.code(), generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
                 let (tx, rx) = watch::channel(None);
-                policy.phase = Phase::Healing { done: rx.clone() };
+                policy.phase = Phase::Healing {
+                    done: rx.clone(),
+                    since: Instant::now(),
+                };
                 self.state.fetch_or(HEALING, Ordering::AcqRel);
                 self.status.send_replace(PoolStatus::Healing {
                     generation: current,
