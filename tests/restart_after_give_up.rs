@@ -334,3 +334,66 @@ async fn rescues_are_kept_unless_a_retention_is_chosen() -> TestResult {
     }
     Ok(())
 }
+
+/// A configured path that is a symlink (`current.db -> data/app.db`, a
+/// blue/green set-up): the target is deleted under the service, which
+/// rescues and gives up. The restart through the now dangling link must
+/// refuse too (SQLite would follow it and create an empty target). Found by
+/// a review: the marker was skipped because the dangling link itself
+/// exists, and looked for under the link's name, not the target's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_through_a_dangling_symlink_refuses() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let link = db.root.path().join("current.db");
+    std::os::unix::fs::symlink(&db.path, &link)?;
+    let options = db.options().filename(&link);
+    let (builder, mut exits) = Exits::install(
+        LivePool::builder(options.clone())
+            .pool_options(TestDb::pool_options())
+            .watchdog_interval(None),
+    );
+    let live = builder.open().await?;
+    create_table(&live.pool()).await?;
+    for i in 0..ROWS {
+        insert(&live.pool(), &format!("note {i}")).await?;
+    }
+    warm(&live.pool()).await?;
+    db.unlink_files()?;
+    let outcome = common::within("the file check", live.check_file())
+        .await?
+        .ok_or("the file check found nothing")?;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(exits.next().await.is_some(), "the exit action ran");
+    common::within("the close", live.close()).await?;
+    let rescue = gave_up.rescue.ok_or("no rescue")?;
+    assert_eq!(count_in_file(&rescue).await?, ROWS);
+
+    let restarted = LivePool::builder(options)
+        .pool_options(TestDb::pool_options())
+        .watchdog_interval(None)
+        .open()
+        .await;
+    match restarted {
+        Err(sqlx::Error::Configuration(err)) => {
+            assert!(
+                err.to_string().contains(&rescue.display().to_string()),
+                "{err}"
+            );
+        }
+        Err(other) => return Err(other.into()),
+        Ok(live) => {
+            return Err(format!(
+                "a restart through the link opened an empty database: {} rows",
+                common::count(&live.pool()).await.unwrap_or(-1)
+            )
+            .into());
+        }
+    }
+    assert!(
+        !db.path.exists(),
+        "a database was created at the link's target"
+    );
+    Ok(())
+}

@@ -484,7 +484,9 @@ async fn leave_marker(
     let (db, saved) = (configured.to_path_buf(), rescue.to_path_buf());
     let written = blocking::run(FS_BOUND, move || {
         // A file at the path again (a restore already): nothing to refuse.
-        if std::fs::symlink_metadata(&db).is_ok() {
+        // Followed: a dangling symlink at the path is no database, and a
+        // restart would create an empty one at its target.
+        if std::fs::metadata(&db).is_ok() {
             return Ok(None);
         }
         super::marker::write(&db, &saved, gone).map(Some)

@@ -145,9 +145,25 @@ fn candidates(db_path: &Path, rescue_dir: Option<&Path>) -> Vec<PathBuf> {
 /// The marker left for `db_path`, if any (only in a private directory of
 /// the process's user).
 pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Option<Pending>> {
-    let dir_name = rescue::dir_name(db_path);
     let name = marker_name(db_path);
-    for parent in candidates(db_path, rescue_dir) {
+    let mut places: Vec<(PathBuf, String)> = candidates(db_path, rescue_dir)
+        .into_iter()
+        .map(|parent| (parent, rescue::dir_name(db_path)))
+        .collect();
+    // A symlink at the path (dangling, once its target was deleted): the
+    // rescue, and the marker beside it, went where the target's rescues go.
+    if let Ok(target) = std::fs::read_link(db_path) {
+        let target = match db_path.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        };
+        places.extend(
+            candidates(&target, None)
+                .into_iter()
+                .map(|parent| (parent, rescue::dir_name(&target))),
+        );
+    }
+    for (parent, dir_name) in places {
         // Cheap first: most starts find nothing.
         if std::fs::symlink_metadata(parent.join(&dir_name).join(&name)).is_err() {
             continue;
