@@ -397,3 +397,58 @@ async fn a_restart_through_a_dangling_symlink_refuses() -> TestResult {
     );
     Ok(())
 }
+
+/// Only the `-wal` deleted under a WAL service: the rows committed since the
+/// last checkpoint were only in it. The policy rescues them and gives up;
+/// the process dies without a checkpoint. A restart on the main file would
+/// serve it without those rows, so it refuses until the rescue is moved
+/// back, which holds every row. Found by a review: no marker was left for a
+/// companion fault, and the restart opened the main file short of rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_deleted_wal_refuses_until_the_rescue_is_back() -> TestResult {
+    let db = TestDb::new(SqliteJournalMode::Wal)?;
+    let (builder, mut exits) = Exits::install(
+        LivePool::builder(db.options())
+            .pool_options(TestDb::pool_options())
+            .watchdog_interval(None),
+    );
+    let live = builder.open().await?;
+    create_table(&live.pool()).await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&live.pool())
+        .await?;
+    for i in 0..ROWS {
+        insert(&live.pool(), &format!("note {i}")).await?;
+    }
+    warm(&live.pool()).await?;
+    std::fs::remove_file(common::companion(&db.path, "-wal"))?;
+    let outcome = common::within("the file check", live.check_file())
+        .await?
+        .ok_or("the file check found nothing")?;
+    let Outcome::GaveUp(gave_up) = outcome else {
+        return Err(format!("expected a give-up, got {outcome:?}").into());
+    };
+    assert!(exits.next().await.is_some(), "the exit action ran");
+    let rescue = gave_up.rescue.clone().ok_or("no rescue")?;
+    assert_eq!(count_in_file(&rescue).await?, ROWS);
+    // The process dies here: no close, no checkpoint of the dead log.
+    std::mem::forget(live);
+
+    match restart(&db).await {
+        Err(sqlx::Error::Configuration(err)) => {
+            assert!(
+                err.to_string().contains(&rescue.display().to_string()),
+                "{err}"
+            );
+        }
+        Err(other) => return Err(other.into()),
+        Ok(live) => {
+            return Err(format!(
+                "the restart opened the main file with {} of {ROWS} rows",
+                common::count(&live.pool()).await.unwrap_or(-1)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}

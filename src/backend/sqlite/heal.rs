@@ -159,7 +159,12 @@ impl Inner<Sqlite> {
             (
                 Err(reason),
                 Some(saved),
-                Some(gone @ (FileFault::Deleted | FileFault::Moved)),
+                Some(
+                    gone @ (FileFault::Deleted
+                    | FileFault::Moved
+                    | FileFault::CompanionDeleted
+                    | FileFault::CompanionReplaced),
+                ),
                 Some(file),
             ) => Err(leave_marker(file.configured(), saved, gone, reason).await),
             (result, ..) => result,
@@ -486,7 +491,9 @@ async fn leave_marker(
         // A file at the path again (a restore already): nothing to refuse.
         // Followed: a dangling symlink at the path is no database, and a
         // restart would create an empty one at its target.
-        if std::fs::metadata(&db).is_ok() {
+        // A lost -wal leaves the main file short of the rows only the log
+        // held: a restart on it must wait for the rescue too.
+        if !gone.is_companion() && std::fs::metadata(&db).is_ok() {
             return Ok(None);
         }
         super::marker::write(&db, &saved, gone).map(Some)

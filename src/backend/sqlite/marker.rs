@@ -239,9 +239,14 @@ impl Pending {
     /// The refusal: what happened, where the data is, how to restore it,
     /// how to start empty on purpose.
     pub(crate) fn refusal(&self) -> String {
+        let would = if self.fault.contains("-wal") {
+            "the file without the writes that were only in its lost -wal"
+        } else {
+            "a new, empty database"
+        };
         format!(
             "refusing to open {db}: the database there was {fault} under the running process ({at}) \
-             and its data was rescued to {rescue}; opening now would serve a new, empty database. \
+             and its data was rescued to {rescue}; opening now would serve {would}. \
              To restore it, with the service stopped: mv '{rescue}' '{db}' \
              (or call LivePool::restore_rescue), then start again. \
              To start with an empty database on purpose: rm '{marker}'",
