@@ -21,8 +21,16 @@ const ROWS: i64 = 12;
 /// A service's first life: `create_if_missing(true)`, rows written, then
 /// the database unlinked under it; returns the give-up.
 async fn first_life(db: &TestDb) -> Result<GaveUp, Box<dyn std::error::Error + Send + Sync>> {
+    first_life_with(db, db.options()).await
+}
+
+/// [`first_life`] opening with `options` (a symlink for the path, say).
+async fn first_life_with(
+    db: &TestDb,
+    options: sqlx::sqlite::SqliteConnectOptions,
+) -> Result<GaveUp, Box<dyn std::error::Error + Send + Sync>> {
     let (builder, mut exits) = Exits::install(
-        LivePool::builder(db.options())
+        LivePool::builder(options)
             .pool_options(TestDb::pool_options())
             .watchdog_interval(None),
     );
@@ -347,26 +355,7 @@ async fn a_restart_through_a_dangling_symlink_refuses() -> TestResult {
     let link = db.root.path().join("current.db");
     std::os::unix::fs::symlink(&db.path, &link)?;
     let options = db.options().filename(&link);
-    let (builder, mut exits) = Exits::install(
-        LivePool::builder(options.clone())
-            .pool_options(TestDb::pool_options())
-            .watchdog_interval(None),
-    );
-    let live = builder.open().await?;
-    create_table(&live.pool()).await?;
-    for i in 0..ROWS {
-        insert(&live.pool(), &format!("note {i}")).await?;
-    }
-    warm(&live.pool()).await?;
-    db.unlink_files()?;
-    let outcome = common::within("the file check", live.check_file())
-        .await?
-        .ok_or("the file check found nothing")?;
-    let Outcome::GaveUp(gave_up) = outcome else {
-        return Err(format!("expected a give-up, got {outcome:?}").into());
-    };
-    assert!(exits.next().await.is_some(), "the exit action ran");
-    common::within("the close", live.close()).await?;
+    let gave_up = first_life_with(&db, options.clone()).await?;
     let rescue = gave_up.rescue.ok_or("no rescue")?;
     assert_eq!(count_in_file(&rescue).await?, ROWS);
 
