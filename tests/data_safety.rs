@@ -614,8 +614,11 @@ async fn a_reused_inode_number_does_not_hide_a_replaced_file() -> TestResult {
     .await?;
     // Rescues and the healed generation's files live elsewhere; new files
     // in the same directory get numbers until the retired one comes back.
+    // Kept (not deleted), so each takes the next free number; generous, as
+    // the other tests of this binary create files meanwhile (200 was not
+    // always enough on a CI machine).
     let mut reused = None;
-    for k in 0..200 {
+    for k in 0..5000 {
         let candidate = db.dir.join(format!("candidate-{k}.db"));
         std::fs::copy(&template, &candidate)?;
         if std::fs::metadata(&candidate)?.ino() == retired_ino {
