@@ -614,17 +614,22 @@ async fn a_reused_inode_number_does_not_hide_a_replaced_file() -> TestResult {
     .await?;
     // Rescues and the healed generation's files live elsewhere; new files
     // in the same directory get numbers until the retired one comes back.
-    // Kept (not deleted), so each takes the next free number; generous, as
-    // the other tests of this binary create files meanwhile (200 was not
-    // always enough on a CI machine).
+    // Kept (not deleted), so each takes the next free number. ext4 skips an
+    // inode deleted a few seconds ago (its "recently deleted" check), so
+    // the scan goes on, paced, for as long as that takes (bounded): the
+    // freed number is the signal, nothing else announces it.
     let mut reused = None;
-    for k in 0..5000 {
+    let scan = std::time::Instant::now();
+    let mut k = 0u32;
+    while reused.is_none() && scan.elapsed() < Duration::from_secs(90) {
         let candidate = db.dir.join(format!("candidate-{k}.db"));
         std::fs::copy(&template, &candidate)?;
         if std::fs::metadata(&candidate)?.ino() == retired_ino {
             reused = Some(candidate);
-            break;
+        } else if k >= 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        k += 1;
     }
     let reused = reused.ok_or("the filesystem never reused the freed inode number")?;
 
