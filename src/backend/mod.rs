@@ -44,6 +44,41 @@ pub(crate) fn jitter(max: Duration) -> Duration {
     half + Duration::from_nanos(random_u64() % nanos)
 }
 
+/// The start of a server backend's heal (Postgres, MySQL): closes the
+/// pinned pool, so its writes fail fast (PoolClosed, 503) instead of reaching
+/// a server that refuses them, and checks the heal budget. A generation that
+/// was verified writable and lost its primary later is a new failover, not
+/// the same fault coming back: only `max_heals` applies to it, not the
+/// recurrence window.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn begin_server_heal<DB: sealed::Sealed>(
+    inner: &Arc<Inner<DB>>,
+    old: &Generation<DB>,
+    fault: &Fault,
+) -> Option<GiveUpReason> {
+    drop(old.pool.close());
+    let recurrence = !matches!(fault, Fault::NotWritable { .. });
+    inner.budget_exceeded(old, recurrence)
+}
+
+/// A server backend's replaced generation: its pool closed in the
+/// background, bounded by the close timeout.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn retire_server_pool<DB: sealed::Sealed>(
+    inner: &Arc<Inner<DB>>,
+    old: Arc<Generation<DB>>,
+) {
+    let limit = inner.config.close_timeout;
+    tokio::spawn(async move {
+        if tokio::time::timeout(limit, old.pool.close()).await.is_err() {
+            tracing::warn!(
+                generation = old.number,
+                "replaced pool still has connections checked out after {limit:?}"
+            );
+        }
+    });
+}
+
 /// A database [`LivePool`](crate::LivePool) supports: [`sqlx::Sqlite`],
 /// [`sqlx::Postgres`] with the `postgres` feature and [`sqlx::MySql`] with
 /// the `mysql` feature.

@@ -121,25 +121,14 @@ impl Sealed for MySql {
         old: &Arc<Generation<Self>>,
         fault: &Fault,
     ) -> (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>) {
-        // Writes on the pinned pool fail fast (PoolClosed, 503) from now on.
-        drop(old.pool.close());
-        let recurrence = !matches!(fault, Fault::NotWritable { .. });
-        if let Some(reason) = inner.budget_exceeded(old, recurrence) {
+        if let Some(reason) = super::begin_server_heal(inner, old, fault) {
             return (Err(reason), None);
         }
         (reopen(inner, old.number + 1, fault).await, None)
     }
 
     fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
-        let limit = inner.config.close_timeout;
-        tokio::spawn(async move {
-            if tokio::time::timeout(limit, old.pool.close()).await.is_err() {
-                tracing::warn!(
-                    generation = old.number,
-                    "replaced pool still has connections checked out after {limit:?}"
-                );
-            }
-        });
+        super::retire_server_pool(inner, old);
     }
 
     fn discard(generation: Generation<Self>) {
