@@ -234,11 +234,10 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::backend::Backend;
-use crate::live_pool::{AnyLive, Fault, GiveUpReason, LivePool, PoolStatus, WeakAnyLive};
+use crate::live_pool::{AnyLive, LivePool, WeakAnyLive};
+use crate::shared::{Backend, Fault, GiveUpReason, PoolStatus};
 
-mod finding;
-pub(crate) use finding::{Detail, Finding};
+pub(crate) use crate::shared::{Detail, Finding, STUCK_PROBES};
 
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
@@ -253,9 +252,6 @@ const FLIGHT_LIMIT: Duration = Duration::from_secs(10);
 /// How long the layer holds a request during a heal by default: a heal that
 /// runs longer fails readiness (its held requests reach the closed pool).
 const HEAL_HELD: Duration = Duration::from_secs(2);
-/// Consecutive probes whose file identity check was stuck (a hung mount)
-/// before the answer is `fail`; the ones before it are `warn`.
-pub(crate) const STUCK_PROBES: u32 = 3;
 
 /// A tower service that answers health checks from a probe of the database.
 ///
@@ -549,7 +545,7 @@ impl HealthService {
     ) -> Report {
         // Every readiness answer is decided here, the policy's own and the probe's.
         if self.config.check == Check::Readiness {
-            crate::metrics::probe_answered(status);
+            crate::metrics::probe_answered(status.as_str());
         }
         Report {
             status,

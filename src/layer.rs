@@ -56,11 +56,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::backend::Backend;
 use crate::classify::Code;
 use crate::classify::{ErrorClass, Found, find_in_chain};
 use crate::error::Marked;
 use crate::live_pool::{AnyLive, LivePool};
+use crate::shared::Backend;
 
 /// The tower layer: `.layer(DbLivenessLayer::new(live))` in any stack whose
 /// responses are `http::Response`s (axum, hyper, tonic, tower-http).

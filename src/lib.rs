@@ -364,15 +364,14 @@ mod live_pool;
 mod metrics;
 pub mod mysql;
 pub mod postgres;
+mod shared;
 #[cfg(feature = "systemd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]
 pub mod systemd;
 
-pub use backend::Backend;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use backend::postgres::Expect;
-pub use backend::sqlite::FileFault;
 pub use classify::{ErrorClass, classify, classify_chain};
 #[cfg(feature = "tonic")]
 pub use error::status_from_sqlx;
@@ -381,7 +380,5 @@ pub use health::{Check, HealthService};
 pub use layer::{
     BoxedErrors, DbLiveness, DbLivenessLayer, ErrorSources, FindError, ResponseFuture,
 };
-pub use live_pool::{
-    Fault, GaveUp, GiveUpReason, Healed, Lease, LivePool, LivePoolBuilder, Outcome, PoolStatus,
-    StatusWatch,
-};
+pub use live_pool::{Lease, LivePool, LivePoolBuilder, StatusWatch};
+pub use shared::{Backend, Fault, FileFault, GaveUp, GiveUpReason, Healed, Outcome, PoolStatus};

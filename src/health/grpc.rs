@@ -76,7 +76,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::{HealthService, HealthStatus, State, WeakHealth};
-use crate::live_pool::{PoolStatus, StatusWatch};
+use crate::live_pool::StatusWatch;
+use crate::shared::PoolStatus;
 
 /// Keeps a tonic-health [`HealthReporter`] in step with a [`LivePool`](crate::LivePool).
 ///

@@ -9,10 +9,9 @@ use sqlx::pool::PoolOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Database, Pool, Sqlite, SqlitePool};
 
-use super::{GaveUp, GiveUpFn, LivePool, ReopenFn};
-use crate::backend::Backend;
-use crate::backend::sqlite::rescue::RescueConfig;
+use super::LivePool;
 use crate::backend::sqlite::{self, SqliteState, configured_path, open_files};
+use crate::shared::{Backend, Config, GaveUp, ReopenFn};
 
 /// Builds a [`LivePool`]: see [`LivePool::builder`] and
 /// [`LivePool::builder_with_pool`] for SQLite, `LivePool::postgres` for
@@ -42,54 +41,6 @@ pub(crate) enum Source<DB: Backend> {
         pool: Pool<DB>,
         reopen: ReopenFn<DB>,
     },
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) recurrence_window: Duration,
-    pub(crate) max_heals: usize,
-    pub(crate) heal_window: Duration,
-    pub(crate) exit_code: i32,
-    /// `None`: exit the process (after the shutdown grace).
-    pub(crate) on_give_up: Option<GiveUpFn>,
-    pub(crate) reopen_timeout: Duration,
-    pub(crate) reopen_creates: bool,
-    pub(crate) close_timeout: Duration,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) watchdog_interval: Option<Duration>,
-    #[cfg(feature = "fs-watch")]
-    pub(crate) fs_watch: bool,
-    pub(crate) rescue: RescueConfig,
-    /// How long the filesystem calls of `open` (the file identity, the
-    /// pending-rescue check) may take before the open fails: generous, so a
-    /// slow mount starts and only a hung one fails.
-    pub(crate) startup_timeout: Duration,
-    /// [`LivePool::fixed`]: fatal errors are logged, never healed or exited.
-    pub(crate) fixed: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            recurrence_window: Duration::from_secs(30),
-            max_heals: 3,
-            heal_window: Duration::from_secs(600),
-            exit_code: 1,
-            on_give_up: None,
-            reopen_timeout: Duration::from_secs(10),
-            reopen_creates: false,
-            close_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(1),
-            shutdown_grace: Duration::ZERO,
-            watchdog_interval: Some(Duration::from_secs(1)),
-            #[cfg(feature = "fs-watch")]
-            fs_watch: true,
-            rescue: RescueConfig::default(),
-            startup_timeout: Duration::from_secs(60),
-            fixed: false,
-        }
-    }
 }
 
 impl<DB: Backend> LivePoolBuilder<DB> {
@@ -378,7 +329,7 @@ impl LivePoolBuilder<Sqlite> {
             None => reopen,
         };
         if let Some(path) = &configured {
-            LivePool::report_leftovers(path, rescue_dir.as_deref(), bound).await;
+            sqlite::report_leftovers(path, rescue_dir.as_deref(), bound).await;
         }
         let first = sqlite::open(pool, 0, configured, before, None, bound).await?;
         Ok(LivePool::start(

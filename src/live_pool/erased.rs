@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{BoxFuture, GiveUpHook, Inner, LivePool, Outcome, PoolStatus, StatusWatch};
-use crate::backend::Backend;
-use crate::classify::{Code, ErrorClass};
-use crate::health::Finding;
+use super::{GiveUpHook, Inner, LivePool, StatusWatch};
+use crate::shared::{Backend, BoxFuture, Code, ErrorClass, Finding, Outcome, PoolStatus};
 
 /// What the layer and the health service ask of a pool, whatever its backend.
 trait Watched: Send + Sync + 'static {
@@ -91,8 +89,8 @@ impl<DB: Backend> Watched for Inner<DB> {
     }
 
     fn probe(self: Arc<Self>, bound: Duration, stuck: Arc<AtomicU32>) -> BoxFuture<(u64, Finding)> {
-        let live = LivePool::from_inner(self);
-        Box::pin(async move { DB::probe(&live, bound, &stuck).await })
+        let policy = LivePool::from_inner(self).policy();
+        Box::pin(async move { DB::probe(&policy, bound, &stuck).await })
     }
 }
 

@@ -2,48 +2,33 @@
 
 mod builder;
 mod erased;
-mod generation;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod policy;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;
 
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sqlx::{Pool, Sqlite};
 use tokio::sync::{oneshot, watch};
 
-pub(crate) use builder::Config;
 pub use builder::LivePoolBuilder;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) use builder::Source;
 pub(crate) use erased::{AnyLive, WeakAnyLive};
-pub use generation::Generation;
-pub use policy::Inner;
-pub(crate) use policy::panic_text;
+pub(crate) use policy::Inner;
 
-use crate::backend::sqlite::FileFault;
-use crate::backend::{Backend, Triage};
 use crate::classify::{Code, ErrorClass, classify};
+use crate::shared::{
+    Backend, BoxFuture, Config, Fault, GaveUp, Generation, Outcome, PolicyRef, PoolStatus, Triage,
+};
 
 /// Spawns a backend's background checks, which end when the receiver resolves.
-pub(crate) type SpawnChecks<DB> = fn(&Arc<Inner<DB>>, oneshot::Receiver<()>);
-/// `now + after`, for any `after` a user may configure (`Duration::MAX`
-/// for "wait for ever" included): a deadline past what `Instant` holds is
-/// one no wait reaches.
-pub(crate) fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-pub(crate) type ReopenFn<DB> =
-    Arc<dyn Fn() -> BoxFuture<Result<Pool<DB>, sqlx::Error>> + Send + Sync>;
-type GiveUpFn = Arc<dyn Fn(&GaveUp) + Send + Sync>;
+pub(crate) type SpawnChecks<DB> = fn(&PolicyRef<DB>, oneshot::Receiver<()>);
 /// Work that must be done after a give-up is published and before the exit
 /// action runs (the gRPC bridge's NOT_SERVING).
 pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>;
@@ -89,226 +74,6 @@ impl<DB: Backend> Clone for LivePool<DB> {
             inner: Arc::clone(&self.inner),
         }
     }
-}
-
-/// What the policy did with a reported error.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// The error was not fatal: nothing to do.
-    Ignored(ErrorClass),
-    /// The error came from a generation that has already been replaced.
-    Stale {
-        /// The generation the failed request used.
-        reported: u64,
-        /// The generation in service now.
-        current: u64,
-    },
-    /// The pool was reopened, verified and swapped in.
-    Healed(Healed),
-    /// The policy gave up and ran the exit action.
-    GaveUp(GaveUp),
-}
-
-/// A successful reopen.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Healed {
-    /// The generation now in service.
-    pub generation: u64,
-    /// What made the old generation fatal.
-    pub fault: Fault,
-    /// Where the old handle's data was saved, if a rescue ran.
-    pub rescue: Option<PathBuf>,
-}
-
-/// The policy's last resort: the process is expected to exit and restart.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct GaveUp {
-    /// Why the policy gave up.
-    pub reason: GiveUpReason,
-    /// What made the generation fatal in the first place.
-    pub fault: Fault,
-    /// The exit code handed to the exit action.
-    pub exit_code: i32,
-    /// Where the old handle's data was saved, if a rescue ran.
-    pub rescue: Option<PathBuf>,
-}
-
-/// Why the policy gave up instead of healing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GiveUpReason {
-    /// Opening the new pool failed (the directory is gone, say).
-    ReopenFailed(String),
-    /// The new pool opened but failed verification (page read or file identity).
-    VerifyFailed(String),
-    /// A fatal error came back on a pool swapped in less than the recurrence
-    /// window ago.
-    Recurred {
-        /// How long the fresh generation lived.
-        after: Duration,
-    },
-    /// More heals than allowed within the heal window.
-    TooManyHeals {
-        /// Heals already made within the window.
-        heals: usize,
-        /// The window.
-        within: Duration,
-    },
-}
-
-impl fmt::Display for GiveUpReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GiveUpReason::ReopenFailed(err) => write!(f, "reopen failed: {err}"),
-            GiveUpReason::VerifyFailed(err) => {
-                write!(f, "verification of the new pool failed: {err}")
-            }
-            GiveUpReason::Recurred { after } => {
-                write!(f, "fatal error recurred {after:?} after the last heal")
-            }
-            GiveUpReason::TooManyHeals { heals, within } => {
-                write!(f, "{heals} heals within {within:?} already")
-            }
-        }
-    }
-}
-
-/// What made a generation fatal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Fault {
-    /// A fatal database error reported by a caller, the layer or the probe.
-    Error {
-        /// SQLite's extended result code, when the error had one.
-        code: Option<i32>,
-        /// The error's text.
-        message: String,
-    },
-    /// The database file is no longer the one the pool opened.
-    File(FileFault),
-    /// The Postgres server behind a pool meant for writes does not take
-    /// them: a demoted primary (a hot standby now) or a primary turned
-    /// read-only. Found from a write's SQLSTATE `25006` (or `0A000`) once a
-    /// check confirmed it, or by the writability check itself. MySQL: the
-    /// pool's server does not take writes and the endpoint leads to another
-    /// server that does (a pool pinned to a demoted primary that stayed up);
-    /// the message names both `@@server_id`s.
-    NotWritable {
-        /// The SQLSTATE of the error that led to the check, if one did
-        /// (Postgres only: MySQL's read-only errors are told apart by their
-        /// number, which the message holds).
-        sqlstate: Option<String>,
-        /// What was found (`pg_is_in_recovery()`, `transaction_read_only`).
-        message: String,
-    },
-}
-
-impl Fault {
-    /// SQLite's extended result code, for a fault that came from an error
-    /// that had one.
-    pub fn code(&self) -> Option<i32> {
-        match self {
-            Fault::Error { code, .. } => *code,
-            Fault::File(_) | Fault::NotWritable { .. } => None,
-        }
-    }
-
-    /// The Postgres SQLSTATE, for a fault that came from an error that had one.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            Fault::NotWritable { sqlstate, .. } => sqlstate.as_deref(),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn from_error(err: &dyn fmt::Display, code: Code) -> Self {
-        Fault::Error {
-            code: code.sqlite(),
-            message: err.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Fault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fault::Error { message, .. } | Fault::NotWritable { message, .. } => {
-                f.write_str(message)
-            }
-            Fault::File(file) => fmt::Display::fmt(file, f),
-        }
-    }
-}
-
-/// What the policy is doing now, as published by [`LivePool::subscribe`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum PoolStatus {
-    /// A verified pool is in service.
-    Live {
-        /// The generation in service.
-        generation: u64,
-        /// The heal that put it there (`None` for the first pool).
-        last_heal: Option<Healed>,
-    },
-    /// A heal of `generation` is in flight.
-    Healing {
-        /// The generation being replaced.
-        generation: u64,
-        /// What made it fatal.
-        fault: Fault,
-    },
-    /// A heal of `generation` is held up: the rescue of the dead file's data
-    /// failed (a full disk, say) and is retried with back-off. The dead handle
-    /// may hold the only copy of acknowledged writes, so it is kept open, and
-    /// nothing is healed or exited, until a rescue is saved.
-    RescueFailing {
-        /// The generation being replaced.
-        generation: u64,
-        /// What made it fatal.
-        fault: Fault,
-        /// Failed rescue attempts so far.
-        attempts: u32,
-        /// SQLite's result code of the last failure, if any (13: disk full).
-        code: Option<i32>,
-    },
-    /// A heal of `generation` is waiting for a server that takes writes
-    /// (Postgres, MySQL: the failover has not produced a reachable writable
-    /// primary yet). Nothing is served meanwhile, so `/health` answers
-    /// `fail`; the policy gives up at the reopen timeout (MySQL: none by
-    /// default).
-    AwaitingPrimary {
-        /// The generation being replaced.
-        generation: u64,
-        /// What made it fatal.
-        fault: Fault,
-        /// Attempts so far that found no writable server.
-        attempts: u32,
-        /// What the last attempt found.
-        last: String,
-    },
-    /// The database in service answers reads but does not take writes, for
-    /// a reason a restart would not change: a Postgres primary made
-    /// read-only in place (`default_transaction_read_only`, a read-only
-    /// database or role), a MySQL server with `read_only` (or
-    /// `innodb_read_only`) whose endpoint still leads to it, a SQLite file or directory that cannot be written
-    /// (a wrong owner, a read-only mount). Degraded, not dead: the pool is
-    /// kept, reads are served, writes get 503 with `Retry-After`, readiness
-    /// says `read_only` (a 200 `warn`: routing reads away would make the
-    /// outage bigger), and nothing is healed or exited however long it
-    /// lasts. [`Live`](PoolStatus::Live) again once the database takes
-    /// writes.
-    ReadOnly {
-        /// The generation in service.
-        generation: u64,
-        /// What was found, in words (no file path, no server message).
-        reason: String,
-    },
-    /// The policy gave up; the exit action has run or is about to.
-    GaveUp(GaveUp),
 }
 
 /// Follows a [`LivePool`]'s [`PoolStatus`]; from [`LivePool::subscribe`].
@@ -406,7 +171,7 @@ impl<DB: Backend> LivePool<DB> {
             checks.is_some().then_some(stop_tx),
         ));
         if let Some(spawn) = checks {
-            spawn(&inner, stop_rx);
+            spawn(&(Arc::clone(&inner) as PolicyRef<DB>), stop_rx);
         }
         LivePool { inner }
     }
@@ -534,11 +299,11 @@ impl<DB: Backend> LivePool<DB> {
         let pending = if !class.is_fatal() {
             tracing::debug!(%class, %code, generation, action = "none", error = %err, "database error is not fatal");
             if class == ErrorClass::Transient {
-                DB::transient(&self.inner, generation, code);
+                DB::transient(&self.policy(), generation, code);
             }
             Pending::Ignored(class)
         } else {
-            match DB::triage(&self.inner, generation, code, err) {
+            match DB::triage(&self.policy(), generation, code, err) {
                 Triage::Fatal(fault) => Pending::Fatal(self.inner.fatal(generation, fault)),
                 Triage::Check(check) => Pending::Check(check),
                 Triage::Wait(wait) => Pending::Wait(wait),
@@ -592,9 +357,9 @@ impl<DB: Backend> LivePool<DB> {
         AnyLive::new(Arc::clone(&self.inner))
     }
 
-    /// The policy's shared state (the backends' background checks).
-    pub(crate) fn inner(&self) -> &Arc<Inner<DB>> {
-        &self.inner
+    /// The policy as its backend sees it.
+    pub(crate) fn policy(&self) -> PolicyRef<DB> {
+        Arc::clone(&self.inner) as PolicyRef<DB>
     }
 
     pub(crate) fn from_inner(inner: Arc<Inner<DB>>) -> Self {
@@ -678,7 +443,7 @@ impl<DB: Backend> LivePool<DB> {
 impl<DB: Backend> fmt::Debug for LivePool<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LivePool")
-            .field("backend", &<DB as crate::backend::sealed::Sealed>::NAME)
+            .field("backend", &<DB as crate::shared::Sealed>::NAME)
             .field("generation", &self.generation())
             .field("healing", &self.is_healing())
             .field("gave_up", &self.has_given_up())

@@ -11,11 +11,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::builder::Config;
-use super::generation::Generation;
-use super::{BoxFuture, Fault, GaveUp, GiveUpHook, GiveUpReason, Healed, Outcome, PoolStatus};
-use crate::backend::sealed::Sealed;
-use crate::classify::ErrorClass;
+use super::{GiveUpHook, LivePool};
+use crate::shared::{
+    Backend, BoxFuture, Code, Config, ErrorClass, Fault, GaveUp, Generation, GiveUpReason, Healed,
+    Outcome, Policy, PolicyRef, PoolStatus,
+};
 
 /// How long the give-up hooks together may delay the exit action.
 const GIVE_UP_HOOKS_LIMIT: Duration = Duration::from_secs(2);
@@ -24,11 +24,11 @@ const HEALING: u64 = 0b01;
 const GAVE_UP: u64 = 0b10;
 const FLAG_BITS: u32 = 2;
 
-pub struct Inner<DB: Sealed> {
+pub struct Inner<DB: Backend> {
     pub(crate) current: ArcSwap<Generation<DB>>,
     /// `generation << 2 | GAVE_UP | HEALING`: one load answers the hot path.
     state: AtomicU64,
-    policy: Mutex<Policy>,
+    policy: Mutex<PolicyState>,
     pub(crate) status: watch::Sender<PoolStatus>,
     /// What the backend keeps for its heals (how to reopen, say).
     pub(crate) backend: DB::State,
@@ -45,7 +45,7 @@ pub struct Inner<DB: Sealed> {
     _stop_checks: Option<oneshot::Sender<()>>,
 }
 
-struct Policy {
+struct PolicyState {
     phase: Phase,
     heals: VecDeque<Instant>,
 }
@@ -58,7 +58,7 @@ enum Joined {
     Heal(watch::Receiver<Option<Outcome>>),
 }
 
-impl Policy {
+impl PolicyState {
     /// Forgets heals older than `window` and counts the rest.
     fn heals_within(&mut self, window: Duration) -> usize {
         while self.heals.front().is_some_and(|t| t.elapsed() > window) {
@@ -77,7 +77,7 @@ enum Phase {
     GaveUp(GaveUp),
 }
 
-impl<DB: Sealed> Inner<DB> {
+impl<DB: Backend> Inner<DB> {
     pub(super) fn new(
         first: Generation<DB>,
         backend: DB::State,
@@ -89,7 +89,7 @@ impl<DB: Sealed> Inner<DB> {
         Inner {
             current: ArcSwap::from_pointee(first),
             state: AtomicU64::new(0),
-            policy: Mutex::new(Policy {
+            policy: Mutex::new(PolicyState {
                 phase: Phase::Live,
                 heals: VecDeque::new(),
             }),
@@ -138,7 +138,7 @@ impl<DB: Sealed> Inner<DB> {
         self.closed.store(true, Ordering::Release);
     }
 
-    fn policy(&self) -> MutexGuard<'_, Policy> {
+    fn policy(&self) -> MutexGuard<'_, PolicyState> {
         // Nothing under this lock can panic half-way through an update.
         self.policy
             .lock()
@@ -333,7 +333,8 @@ impl<DB: Sealed> Inner<DB> {
     async fn heal(self: Arc<Self>, fault: Fault, mut guard: HealGuard<DB>) {
         let started = Instant::now();
         let old = self.current();
-        let (result, rescue) = DB::replace(&self, &old, &fault).await;
+        let policy: PolicyRef<DB> = Arc::clone(&self) as PolicyRef<DB>;
+        let (result, rescue) = DB::replace(&policy, &old, &fault).await;
         let Some(done) = guard.done.take() else {
             return;
         };
@@ -354,7 +355,7 @@ impl<DB: Sealed> Inner<DB> {
                 last_heal: None,
             });
             tracing::warn!(generation, %fault, rescue = ?rescue, "the LivePool was closed during the heal: rescued, not reopened");
-            DB::retire(&self, old);
+            DB::retire(&policy, old);
             let _ = done.send(Some(Outcome::Ignored(ErrorClass::Fatal)));
             return;
         }
@@ -425,7 +426,7 @@ impl<DB: Sealed> Inner<DB> {
         }
         crate::metrics::healed(&healed.fault, generation);
         tracing::warn!(class = "fatal", code = healed.fault.code(), generation, fault = %healed.fault, rescue = ?healed.rescue, action = "healed", "database pool reopened and swapped in");
-        DB::retire(self, old);
+        DB::retire(&(Arc::clone(self) as PolicyRef<DB>), old);
         healed
     }
 
@@ -497,13 +498,13 @@ impl<DB: Sealed> Inner<DB> {
 
 /// Gives up if the heal task panics: without it, the policy would stay
 /// "healing" for ever, with `/health` answering `warn` and no exit.
-struct HealGuard<DB: Sealed> {
+struct HealGuard<DB: Backend> {
     inner: Arc<Inner<DB>>,
     done: Option<watch::Sender<Option<Outcome>>>,
     fault: Fault,
 }
 
-impl<DB: Sealed> Drop for HealGuard<DB> {
+impl<DB: Backend> Drop for HealGuard<DB> {
     fn drop(&mut self) {
         // Only a panic: a heal dropped by a runtime that shuts down is not a give-up.
         let Some(done) = self.done.take() else { return };
@@ -521,17 +522,77 @@ impl<DB: Sealed> Drop for HealGuard<DB> {
     }
 }
 
-pub(crate) fn panic_text(join: tokio::task::JoinError) -> String {
-    if !join.is_panic() {
-        return "the reopen was cancelled".to_owned();
+/// The policy as its backend sees it.
+impl<DB: Backend> Policy<DB> for Inner<DB> {
+    fn config(&self) -> &Config {
+        &self.config
     }
-    let payload = join.into_panic();
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    format!("the reopen panicked: {text}")
+
+    fn state(&self) -> &DB::State {
+        &self.backend
+    }
+
+    fn current(&self) -> Arc<Generation<DB>> {
+        Inner::current(self)
+    }
+
+    fn generation(&self) -> u64 {
+        Inner::generation(self)
+    }
+
+    fn load_state(&self) -> (u64, bool, bool) {
+        Inner::load_state(self)
+    }
+
+    fn gave_up(&self) -> bool {
+        Inner::gave_up(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        Inner::is_closed(self)
+    }
+
+    fn set_read_only(&self, generation: u64, reason: &str) -> bool {
+        Inner::set_read_only(self, generation, reason)
+    }
+
+    fn clear_read_only(&self, generation: u64) -> bool {
+        Inner::clear_read_only(self, generation)
+    }
+
+    fn is_read_only(&self, generation: u64) -> bool {
+        Inner::is_read_only(self, generation)
+    }
+
+    fn publish(&self, status: PoolStatus) {
+        self.status.send_replace(status);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<PoolStatus> {
+        self.status.subscribe()
+    }
+
+    fn budget_exceeded(&self, old: &Generation<DB>, recurrence: bool) -> Option<GiveUpReason> {
+        Inner::budget_exceeded(self, old, recurrence)
+    }
+
+    fn retire(&self, task: JoinHandle<()>) {
+        Inner::retire(self, task);
+    }
+
+    fn fatal(self: Arc<Self>, generation: u64, fault: Fault) -> BoxFuture<Outcome> {
+        Box::pin(Inner::fatal(&self, generation, fault))
+    }
+
+    fn report(
+        self: Arc<Self>,
+        generation: u64,
+        class: ErrorClass,
+        code: Code,
+        err: &dyn std::fmt::Display,
+    ) -> BoxFuture<Outcome> {
+        Box::pin(LivePool::from_inner(self).report_classified(generation, class, code, err))
+    }
 }
 
 /// The default exit action: `exit(code)` after `grace`, on a thread of its

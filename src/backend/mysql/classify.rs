@@ -5,7 +5,7 @@
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
 
-use crate::classify::ErrorClass;
+use crate::shared::{Code, ErrorClass};
 
 /// `ER_OPTION_PREVENTS_STATEMENT`: "running with the --<option> option so it
 /// cannot execute this statement". Generic: the option may be `--read-only`
@@ -21,6 +21,22 @@ pub(crate) fn number(db: &dyn DatabaseError) -> Option<(u16, bool)> {
     // "--super-read-only option". Nothing else of the message is kept.
     let read_only = number == OPTION_PREVENTS_STATEMENT && my.message().contains("read-only");
     Some((number, read_only))
+}
+
+/// The code of a database error, if it is MySQL's.
+pub(crate) fn code(db: &dyn DatabaseError) -> Code {
+    number(db).map_or(Code::None, |(number, read_only)| Code::MySql {
+        number,
+        read_only,
+    })
+}
+
+/// How the crate classifies a MySQL code.
+pub(crate) fn class(code: Code) -> ErrorClass {
+    match code {
+        Code::MySql { number, read_only } => classify_number(number, read_only),
+        _ => ErrorClass::Other,
+    }
 }
 
 /// Classifies a MySQL / MariaDB error number (see the table in

@@ -32,24 +32,20 @@ use sqlx::MySql;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use tokio::sync::{Semaphore, oneshot};
 
-pub(crate) use classify::{classify_number, number};
 use writable::{
     ATTEMPT_BOUND, Observed, direct_within, gated, observe, server_cell, wait_for_writable,
 };
 
-use super::sealed::Sealed;
-use super::{Triage, jitter};
-use crate::classify::{Code, ErrorClass, classify};
-use crate::health::{Detail, Finding};
-use crate::live_pool::{
-    Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
-    deadline_after,
+use super::jitter;
+use crate::shared::{
+    Backend, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, Policy,
+    PolicyRef, PoolStatus, Sealed, Triage, class, deadline_after,
 };
 
 /// What only a MySQL builder sets.
 #[derive(Debug, Clone, Copy)]
 pub struct MySqlSettings {
-    check_interval: Option<Duration>,
+    pub(crate) check_interval: Option<Duration>,
 }
 
 impl Default for MySqlSettings {
@@ -73,7 +69,7 @@ pub struct MySqlState {
 }
 
 /// Where a gate finds the policy to report to.
-pub(crate) type MySqlPolicyCell = Arc<OnceLock<Weak<Inner<MySql>>>>;
+pub(crate) type MySqlPolicyCell = Arc<OnceLock<Weak<dyn Policy<MySql>>>>;
 /// The `@@server_id` a generation's connections are on.
 pub(crate) type ServerCell = Arc<AtomicU64>;
 
@@ -82,6 +78,8 @@ pub struct MySqlGeneration {
     server: ServerCell,
 }
 
+impl Backend for MySql {}
+
 impl Sealed for MySql {
     type Extra = MySqlGeneration;
     type State = MySqlState;
@@ -89,8 +87,16 @@ impl Sealed for MySql {
     const NAME: &'static str = "mysql";
     const CHECK_KEY: &'static str = "mysql:responseTime";
 
+    fn code(db: &dyn sqlx::error::DatabaseError) -> Code {
+        classify::code(db)
+    }
+
+    fn class(code: Code) -> ErrorClass {
+        classify::class(code)
+    }
+
     fn triage(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         generation: u64,
         code: Code,
         err: &dyn fmt::Display,
@@ -117,7 +123,7 @@ impl Sealed for MySql {
     }
 
     async fn replace(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         old: &Arc<Generation<Self>>,
         fault: &Fault,
     ) -> (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>) {
@@ -127,7 +133,7 @@ impl Sealed for MySql {
         (reopen(inner, old.number + 1, fault).await, None)
     }
 
-    fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
+    fn retire(inner: &PolicyRef<Self>, old: Arc<Generation<Self>>) {
         super::retire_server_pool(inner, old);
     }
 
@@ -137,11 +143,8 @@ impl Sealed for MySql {
 
     async fn close(_generation: &Generation<Self>) {}
 
-    async fn probe(live: &LivePool<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding)
-    where
-        Self: super::Backend,
-    {
-        probe(live, bound, stuck).await
+    async fn probe(policy: &PolicyRef<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
+        probe(policy, bound, stuck).await
     }
 }
 
@@ -162,7 +165,7 @@ enum Verdict {
 /// `pool`: what the pool's server answered (`None`: no idle connection to
 /// ask). Asks the endpoint once, directly, and decides.
 async fn assess(
-    inner: &Inner<MySql>,
+    inner: &dyn Policy<MySql>,
     current: &Generation<MySql>,
     pool: Option<Observed>,
     bound: Duration,
@@ -171,10 +174,10 @@ async fn assess(
         current.server.store(pool.server_id, Ordering::Release);
         return Verdict::Writable;
     }
-    let Ok(_one) = inner.backend.direct.try_acquire() else {
+    let Ok(_one) = inner.state().direct.try_acquire() else {
         return Verdict::Unknown("another check of the endpoint is under way".into());
     };
-    let endpoint = match direct_within(&inner.backend.connect, bound).await {
+    let endpoint = match direct_within(&inner.state().connect, bound).await {
         Ok(endpoint) => endpoint,
         Err(why) => return Verdict::Unknown(format!("the endpoint did not answer: {why}")),
     };
@@ -214,7 +217,7 @@ async fn assess(
 /// or hands a pinned pool to the policy (which decides now; the future only
 /// waits for the heal).
 fn act(
-    inner: &Arc<Inner<MySql>>,
+    inner: &PolicyRef<MySql>,
     generation: u64,
     verdict: &Verdict,
 ) -> Option<impl Future<Output = Outcome> + Send + 'static> {
@@ -233,7 +236,7 @@ fn act(
                 why,
                 "the pool is pinned to a server that does not take writes"
             );
-            Some(inner.fatal(
+            Some(Arc::clone(inner).fatal(
                 generation,
                 Fault::NotWritable {
                     sqlstate: None,
@@ -256,7 +259,7 @@ fn act(
 /// confirms it: an application's own `READ ONLY` transaction gets 1792 on a
 /// primary that takes writes.
 async fn confirm(
-    inner: Arc<Inner<MySql>>,
+    inner: PolicyRef<MySql>,
     generation: u64,
     number: u16,
     proof: bool,
@@ -275,7 +278,7 @@ async fn confirm(
             Ok(Ok(found)) => Some(found),
             Ok(Err(err)) => {
                 tracing::warn!(number, error = %err, "a read-only error, and the writability check failed; not fatal");
-                return Outcome::Ignored(classify(&err));
+                return Outcome::Ignored(class::read::<MySql>(&err).0);
             }
             Err(_) => return Outcome::Ignored(ErrorClass::Transient),
         },
@@ -290,7 +293,7 @@ async fn confirm(
         );
         return Outcome::Ignored(ErrorClass::Other);
     }
-    let verdict = match assess(&inner, &current, pool, ATTEMPT_BOUND).await {
+    let verdict = match assess(&*inner, &current, pool, ATTEMPT_BOUND).await {
         Verdict::Pinned(why) => Verdict::Pinned(format!("{message}: {why}")),
         other => other,
     };
@@ -315,15 +318,15 @@ async fn confirm(
 /// Waits for a server that takes writes (until the reopen timeout, by
 /// default none), then builds and verifies a new gated pool.
 async fn reopen(
-    inner: &Arc<Inner<MySql>>,
+    inner: &PolicyRef<MySql>,
     number: u64,
     fault: &Fault,
 ) -> Result<Generation<MySql>, GiveUpReason> {
-    let state = &inner.backend;
-    let deadline = deadline_after(inner.config.reopen_timeout);
+    let state = inner.state();
+    let deadline = deadline_after(inner.config().reopen_timeout);
     loop {
         let failed = |attempts, last: &str| {
-            inner.status.send_replace(PoolStatus::AwaitingPrimary {
+            inner.publish(PoolStatus::AwaitingPrimary {
                 generation: number - 1,
                 fault: fault.clone(),
                 attempts,
@@ -335,7 +338,7 @@ async fn reopen(
             .map_err(|why| {
                 GiveUpReason::ReopenFailed(format!(
                     "no writable primary within {:?}: {why}",
-                    inner.config.reopen_timeout
+                    inner.config().reopen_timeout
                 ))
             })?;
         if inner.is_closed() {
@@ -400,17 +403,17 @@ async fn open_generation(
 /// bounded). Never `pass` for a pool whose server does not take writes:
 /// read-only in place answers through the policy's state (`read_only`, a
 /// `warn`), a pinned pool is a fatal finding (`fail`, and the heal starts).
-async fn probe(live: &LivePool<MySql>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
-    let current = live.current();
+async fn probe(policy: &PolicyRef<MySql>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
+    let current = policy.current();
     let generation = current.number;
-    let inner = live.inner();
+    let inner = policy;
     let started = Instant::now();
     // An idle connection first: a probe must not grow a busy pool.
     let mut conn = match current.pool.try_acquire() {
         Some(conn) => conn,
         None => match tokio::time::timeout(bound, current.pool.acquire()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return (generation, Finding::from_error(live, generation, &err)),
+            Ok(Err(err)) => return (generation, Finding::from_error(policy, generation, &err)),
             Err(_) if current.pool.size() >= current.pool.options().get_max_connections() => {
                 let text = format!("no pool connection free within {} ms", bound.as_millis());
                 return (generation, Finding::Transient(Detail::same(text)));
@@ -427,10 +430,10 @@ async fn probe(live: &LivePool<MySql>, bound: Duration, stuck: &AtomicU32) -> (u
     stuck.store(0, Ordering::Relaxed);
     let found = match checked {
         Ok(found) => found,
-        Err(err) => return (generation, Finding::from_error(live, generation, &err)),
+        Err(err) => return (generation, Finding::from_error(policy, generation, &err)),
     };
     let left = bound.saturating_sub(started.elapsed());
-    let verdict = assess(inner, &current, Some(found), left).await;
+    let verdict = assess(&**inner, &current, Some(found), left).await;
     let heal = act(inner, generation, &verdict);
     let finding = match verdict {
         Verdict::Writable | Verdict::InPlace(_) => Finding::Pass,
@@ -463,8 +466,8 @@ fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
 /// its server does not take writes, also one direct connection through the
 /// endpoint. Holds only a weak reference, so it ends with the last
 /// `LivePool` handle.
-fn spawn_checks(inner: &Arc<Inner<MySql>>, mut stop: oneshot::Receiver<()>) {
-    let Some(interval) = inner.backend.settings.check_interval else {
+pub(crate) fn spawn_checks(inner: &PolicyRef<MySql>, mut stop: oneshot::Receiver<()>) {
+    let Some(interval) = inner.state().settings.check_interval else {
         return;
     };
     let weak = Arc::downgrade(inner);
@@ -498,7 +501,7 @@ fn spawn_checks(inner: &Arc<Inner<MySql>>, mut stop: oneshot::Receiver<()>) {
             if found.writable() && !read_only {
                 continue;
             }
-            let verdict = assess(&inner, &current, Some(found), ATTEMPT_BOUND).await;
+            let verdict = assess(&*inner, &current, Some(found), ATTEMPT_BOUND).await;
             if let Some(heal) = act(&inner, current.number, &verdict) {
                 drop(heal);
             }
@@ -507,82 +510,39 @@ fn spawn_checks(inner: &Arc<Inner<MySql>>, mut stop: oneshot::Receiver<()>) {
     });
 }
 
-impl LivePool<MySql> {
-    /// Starts building a `LivePool` for MySQL or MariaDB that connects with
-    /// `options` (through your primary's endpoint: the VIP, the Aurora
-    /// cluster endpoint, the proxy in front of the cluster). See
-    /// [`crate::mysql`].
-    ///
-    /// ```no_run
-    /// use tower_db_liveness::LivePool;
-    ///
-    /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let live = LivePool::mysql("mysql://app@db.internal:3306/app".parse()?)
-    ///     .open()
-    ///     .await?;
-    /// let pool: sqlx::MySqlPool = live.pool();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn mysql(options: MySqlConnectOptions) -> LivePoolBuilder<MySql> {
-        let mut builder = LivePoolBuilder::from_options(options, MySqlSettings::default());
-        // A heal waits for a writable primary for as long as it takes: the
-        // old primary stays up read-only, and a restarted process would
-        // only wait the same way.
-        builder.config.reopen_timeout = Duration::MAX;
-        // Nothing on the filesystem to watch or rescue.
-        builder.config.watchdog_interval = None;
-        builder
-    }
+/// Waits for a server that takes writes, then opens and verifies the
+/// first generation: what `LivePoolBuilder::<MySql>::open` needs of the
+/// backend.
+pub(crate) async fn open_first(
+    connect: MySqlConnectOptions,
+    pool: MySqlPoolOptions,
+    settings: MySqlSettings,
+    reopen_timeout: Duration,
+) -> Result<(Generation<MySql>, MySqlState), sqlx::Error> {
+    let state = MySqlState {
+        connect,
+        pool,
+        settings,
+        policy: MySqlPolicyCell::default(),
+        direct: Semaphore::new(1),
+    };
+    let deadline = deadline_after(reopen_timeout);
+    wait_for_writable(&state.connect, deadline, || false, |_, _| {})
+        .await
+        .map_err(|why| {
+            sqlx::Error::Protocol(format!(
+                "no writable MySQL server within {:?}: {why}",
+                reopen_timeout
+            ))
+        })?;
+    let first = open_generation(&state, 0, None)
+        .await
+        .map_err(sqlx::Error::Protocol)?;
+    Ok((first, state))
 }
 
-impl LivePoolBuilder<MySql> {
-    /// How often the background check asks an idle connection whether its
-    /// server still takes writes (jittered between half and twice the
-    /// interval; while read-only, between half and once it, with one direct
-    /// connection through the endpoint); `None` turns it off. Default:
-    /// every second.
-    pub fn check_interval(mut self, interval: Option<Duration>) -> Self {
-        self.settings.check_interval = interval.filter(|d| !d.is_zero());
-        self
-    }
-
-    /// Waits for a server that takes writes (up to the [reopen
-    /// timeout](LivePoolBuilder::reopen_timeout); for MySQL none by
-    /// default), opens the pool, verifies it and starts the background
-    /// check.
-    ///
-    /// The pool's `after_connect` is the crate's check; put per-connection
-    /// settings in the connect options instead.
-    pub async fn open(self) -> Result<LivePool<MySql>, sqlx::Error> {
-        let crate::live_pool::Source::Options { connect, pool } = self.source else {
-            return Err(sqlx::Error::Configuration(
-                "a MySQL LivePool is built from connect options".into(),
-            ));
-        };
-        let state = MySqlState {
-            connect: *connect,
-            pool: *pool,
-            settings: self.settings,
-            policy: MySqlPolicyCell::default(),
-            direct: Semaphore::new(1),
-        };
-        let deadline = deadline_after(self.config.reopen_timeout);
-        wait_for_writable(&state.connect, deadline, || false, |_, _| {})
-            .await
-            .map_err(|why| {
-                sqlx::Error::Protocol(format!(
-                    "no writable MySQL server within {:?}: {why}",
-                    self.config.reopen_timeout
-                ))
-            })?;
-        let first = open_generation(&state, 0, None)
-            .await
-            .map_err(sqlx::Error::Protocol)?;
-        let policy = Arc::clone(&state.policy);
-        let live = LivePool::start(first, state, self.config, Some(spawn_checks));
-        // From now on the gates report to the policy.
-        let _ = policy.set(Arc::downgrade(live.inner()));
-        Ok(live)
-    }
+/// The policy started around the first generation: from now on the gates
+/// report to it.
+pub(crate) fn attach(policy: &PolicyRef<MySql>) {
+    let _ = policy.state().policy.set(Arc::downgrade(policy));
 }

@@ -10,7 +10,7 @@ use sqlx::{Connection, Row};
 
 use super::{MySqlPolicyCell, ServerCell};
 use crate::backend::jitter;
-use crate::live_pool::Fault;
+use crate::shared::Fault;
 
 /// One round trip, about the cost of `SELECT 1`, that needs no privilege and
 /// exists on MySQL, MariaDB and Aurora MySQL alike. `@@global.read_only` is

@@ -3,12 +3,25 @@
 use sqlx::error::DatabaseError;
 use sqlx::postgres::PgDatabaseError;
 
-use crate::classify::ErrorClass;
+use crate::shared::{Code, ErrorClass};
 
 /// The SQLSTATE of a database error, if it is Postgres's.
 pub(crate) fn sqlstate(db: &dyn DatabaseError) -> Option<[u8; 5]> {
     let pg = db.try_downcast_ref::<PgDatabaseError>()?;
     pg.code().as_bytes().try_into().ok()
+}
+
+/// The code of a database error, if it is Postgres's.
+pub(crate) fn code(db: &dyn DatabaseError) -> Code {
+    sqlstate(db).map_or(Code::None, Code::Sqlstate)
+}
+
+/// How the crate classifies a Postgres code.
+pub(crate) fn class(code: Code) -> ErrorClass {
+    match code {
+        Code::Sqlstate(code) => classify_sqlstate(&code),
+        _ => ErrorClass::Other,
+    }
 }
 
 /// `true` for the SQLSTATEs a write gets from a server that does not take

@@ -23,23 +23,17 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{oneshot, watch};
 
-pub(crate) use classify::{classify_sqlstate, sqlstate};
 use writable::{
     ATTEMPT_BOUND, Primary, Writability, gated, jitter, spread, wait_for_primary, writability,
 };
 
-use super::Triage;
-use super::sealed::Sealed;
-use crate::classify::{Code, ErrorClass, classify};
-use crate::health::{Detail, Finding};
-use crate::live_pool::BoxFuture;
-use crate::live_pool::{
-    Fault, Generation, GiveUpReason, Inner, LivePool, LivePoolBuilder, Outcome, PoolStatus,
-    deadline_after,
+use crate::shared::{
+    Backend, BoxFuture, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason,
+    Outcome, Policy, PolicyRef, PoolStatus, Sealed, Triage, class, deadline_after,
 };
 
-/// What a Postgres [`LivePool`] expects of the server behind it; see
-/// [`LivePoolBuilder::expect`].
+/// What a Postgres [`LivePool`](crate::LivePool) expects of the server behind it; see
+/// [`LivePoolBuilder::expect`](crate::LivePoolBuilder::expect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Expect {
@@ -56,8 +50,8 @@ pub enum Expect {
 /// What only a Postgres builder sets.
 #[derive(Debug, Clone, Copy)]
 pub struct PgSettings {
-    expect: Expect,
-    check_interval: Option<Duration>,
+    pub(crate) expect: Expect,
+    pub(crate) check_interval: Option<Duration>,
 }
 
 impl Default for PgSettings {
@@ -89,7 +83,9 @@ struct Confirming {
 }
 
 /// Where a gate finds the policy to report to.
-pub(crate) type PolicyCell = Arc<OnceLock<Weak<Inner<Postgres>>>>;
+pub(crate) type PolicyCell = Arc<OnceLock<Weak<dyn Policy<Postgres>>>>;
+
+impl Backend for Postgres {}
 
 impl Sealed for Postgres {
     type Extra = ();
@@ -98,8 +94,16 @@ impl Sealed for Postgres {
     const NAME: &'static str = "postgres";
     const CHECK_KEY: &'static str = "postgres:responseTime";
 
+    fn code(db: &dyn sqlx::error::DatabaseError) -> Code {
+        classify::code(db)
+    }
+
+    fn class(code: Code) -> ErrorClass {
+        classify::class(code)
+    }
+
     fn triage(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         generation: u64,
         code: Code,
         err: &dyn fmt::Display,
@@ -108,7 +112,7 @@ impl Sealed for Postgres {
             // `WorkerCrashed`: nothing Postgres-specific about it.
             return Triage::Fatal(Fault::from_error(err, code));
         };
-        if inner.backend.settings.expect == Expect::Any {
+        if inner.state().settings.expect == Expect::Any {
             // A read-only answer is what a replica gives: the write was the bug.
             return Triage::Ignored(ErrorClass::Other);
         }
@@ -131,7 +135,7 @@ impl Sealed for Postgres {
     }
 
     async fn replace(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         old: &Arc<Generation<Self>>,
         fault: &Fault,
     ) -> (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>) {
@@ -141,7 +145,7 @@ impl Sealed for Postgres {
         (reopen(inner, old.number + 1, fault).await, None)
     }
 
-    fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
+    fn retire(inner: &PolicyRef<Self>, old: Arc<Generation<Self>>) {
         super::retire_server_pool(inner, old);
     }
 
@@ -151,24 +155,21 @@ impl Sealed for Postgres {
 
     async fn close(_generation: &Generation<Self>) {}
 
-    async fn probe(live: &LivePool<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding)
-    where
-        Self: super::Backend,
-    {
-        probe(live, bound, stuck).await
+    async fn probe(policy: &PolicyRef<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
+        probe(policy, bound, stuck).await
     }
 }
 
 /// Joins the confirmation in flight for `generation`, or starts one (one
 /// task, whatever the number of reports that join it).
 fn confirmation(
-    inner: &Arc<Inner<Postgres>>,
+    inner: &PolicyRef<Postgres>,
     generation: u64,
     sqlstate: String,
     message: String,
 ) -> watch::Receiver<Option<Outcome>> {
     let mut slot = inner
-        .backend
+        .state()
         .confirming
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -198,7 +199,7 @@ fn confirmation(
 /// application's own read-only transaction gets `25006` too, and a primary
 /// read-only in place is degraded, not dead.
 async fn confirm(
-    inner: Arc<Inner<Postgres>>,
+    inner: PolicyRef<Postgres>,
     generation: u64,
     sqlstate: String,
     message: String,
@@ -216,7 +217,7 @@ async fn confirm(
     // demotion restarts the server, and the gate refuses new connections).
     let checked = match current.pool.try_acquire() {
         Some(mut conn) => tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await,
-        None => tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.backend.connect)).await,
+        None => tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.state().connect)).await,
     };
     match checked {
         Ok(Ok(Writability::InRecovery(why))) => {
@@ -242,7 +243,7 @@ async fn confirm(
         }
         Ok(Err(err)) => {
             tracing::warn!(sqlstate, error = %err, "a read-only error, and the writability check failed; not fatal");
-            Outcome::Ignored(classify(&err))
+            Outcome::Ignored(class::read::<Postgres>(&err).0)
         }
         Err(_) => {
             tracing::warn!(
@@ -257,16 +258,16 @@ async fn confirm(
 /// Waits for a primary (until the reopen timeout, stretched per process;
 /// none by default), then builds and verifies a new gated pool.
 async fn reopen(
-    inner: &Arc<Inner<Postgres>>,
+    inner: &PolicyRef<Postgres>,
     number: u64,
     fault: &Fault,
 ) -> Result<Generation<Postgres>, GiveUpReason> {
-    let state = &inner.backend;
-    let deadline = deadline_after(spread(inner.config.reopen_timeout));
+    let state = inner.state();
+    let deadline = deadline_after(spread(inner.config().reopen_timeout));
     loop {
         if state.settings.expect == Expect::Writable {
             let failed = |attempts, last: &str| {
-                inner.status.send_replace(PoolStatus::AwaitingPrimary {
+                inner.publish(PoolStatus::AwaitingPrimary {
                     generation: number - 1,
                     fault: fault.clone(),
                     attempts,
@@ -278,7 +279,7 @@ async fn reopen(
                 .map_err(|why| {
                     GiveUpReason::ReopenFailed(format!(
                         "no writable primary within {:?}: {why}",
-                        inner.config.reopen_timeout
+                        inner.config().reopen_timeout
                     ))
                 })?;
         }
@@ -304,9 +305,9 @@ async fn reopen(
 
 /// A generation healed onto a primary read-only in place is marked so as
 /// soon as it is in service (the status is published by the swap).
-fn mark_read_only_once_live(inner: &Arc<Inner<Postgres>>, number: u64, why: String) {
+fn mark_read_only_once_live(inner: &PolicyRef<Postgres>, number: u64, why: String) {
     let weak = Arc::downgrade(inner);
-    let mut status = inner.status.subscribe();
+    let mut status = inner.subscribe();
     tokio::spawn(async move {
         // Ends with the heal (or with the LivePool, when the sender goes).
         let swapped = status
@@ -423,11 +424,11 @@ fn session_ended(err: &sqlx::Error) -> bool {
 /// A primary read-only in place passes (it serves reads; the policy's
 /// status carries the degradation); a server in recovery is dead for this
 /// generation.
-async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
-    let current = live.current();
+async fn probe(policy: &PolicyRef<Postgres>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
+    let current = policy.current();
     let generation = current.number;
-    let inner = live.inner();
-    let expect = inner.backend.settings.expect;
+    let inner = policy;
+    let expect = inner.state().settings.expect;
     let found = match ask(&current.pool, bound).await {
         Asked::Found(found) => found,
         Asked::Exhausted => {
@@ -448,7 +449,7 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
             (generation, Finding::Pass)
         }
         Ok(Writability::InRecovery(why)) => {
-            drop(inner.fatal(
+            drop(Arc::clone(inner).fatal(
                 generation,
                 Fault::NotWritable {
                     sqlstate: None,
@@ -462,7 +463,7 @@ async fn probe(live: &LivePool<Postgres>, bound: Duration, stuck: &AtomicU32) ->
                 ))),
             )
         }
-        Err(err) => (generation, Finding::from_error(live, generation, &err)),
+        Err(err) => (generation, Finding::from_error(policy, generation, &err)),
     }
 }
 
@@ -484,8 +485,8 @@ fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
 /// clears within about a second of the server taking writes again, busy
 /// pool or not. It holds only a weak reference, so it ends with the last
 /// `LivePool` handle.
-fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
-    let settings = inner.backend.settings;
+pub(crate) fn spawn_checks(inner: &PolicyRef<Postgres>, mut stop: oneshot::Receiver<()>) {
+    let settings = inner.state().settings;
     let (Some(interval), Expect::Writable) = (settings.check_interval, settings.expect) else {
         return;
     };
@@ -517,7 +518,7 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
                     tokio::time::timeout(ATTEMPT_BOUND, writability(&mut *conn)).await
                 }
                 None if read_only => {
-                    tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.backend.connect))
+                    tokio::time::timeout(ATTEMPT_BOUND, writable::direct(&inner.state().connect))
                         .await
                 }
                 None => continue,
@@ -535,7 +536,7 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
                         why,
                         "background check: the pool's server is in recovery"
                     );
-                    drop(inner.fatal(
+                    drop(Arc::clone(&inner).fatal(
                         current.number,
                         Fault::NotWritable {
                             sqlstate: None,
@@ -550,93 +551,45 @@ fn spawn_checks(inner: &Arc<Inner<Postgres>>, mut stop: oneshot::Receiver<()>) {
     });
 }
 
-impl LivePool<Postgres> {
-    /// Starts building a `LivePool` for Postgres that connects with
-    /// `options` (through your primary's endpoint: the Service, VIP or
-    /// PgBouncer in front of the cluster).
-    ///
-    /// ```no_run
-    /// use tower_db_liveness::LivePool;
-    ///
-    /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let live = LivePool::postgres("postgres://app@db.internal:5432/app".parse()?)
-    ///     .open()
-    ///     .await?;
-    /// let pool: sqlx::PgPool = live.pool();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn postgres(options: PgConnectOptions) -> LivePoolBuilder<Postgres> {
-        let mut builder = LivePoolBuilder::from_options(options, PgSettings::default());
-        // No deadline for a primary: a restart would wait the same way, and
-        // a fleet that exits together reconnects together.
-        builder.config.reopen_timeout = Duration::MAX;
-        // Nothing on the filesystem to watch or rescue.
-        builder.config.watchdog_interval = None;
-        builder
+/// Waits for a primary (for [`Expect::Writable`]), then opens and verifies
+/// the first generation: what `LivePoolBuilder::<Postgres>::open` needs of
+/// the backend. The `Option` says why the server is read-only in place.
+pub(crate) async fn open_first(
+    connect: PgConnectOptions,
+    pool: PgPoolOptions,
+    settings: PgSettings,
+    reopen_timeout: Duration,
+) -> Result<(Generation<Postgres>, PgState, Option<String>), sqlx::Error> {
+    let state = PgState {
+        connect,
+        pool,
+        settings,
+        policy: PolicyCell::default(),
+        confirming: Mutex::new(None),
+    };
+    let deadline = deadline_after(spread(reopen_timeout));
+    if state.settings.expect == Expect::Writable {
+        wait_for_primary(&state.connect, deadline, || false, |_, _| {})
+            .await
+            .map_err(|why| {
+                sqlx::Error::Protocol(format!(
+                    "no Postgres primary within {:?}: {why}",
+                    reopen_timeout
+                ))
+            })?;
     }
+    let (first, read_only) = open_generation(&state, 0, None)
+        .await
+        .map_err(sqlx::Error::Protocol)?;
+    Ok((first, state, read_only))
 }
 
-impl LivePoolBuilder<Postgres> {
-    /// What the pool expects of its server. Default: [`Expect::Writable`].
-    pub fn expect(mut self, expect: Expect) -> Self {
-        self.settings.expect = expect;
-        self
-    }
-
-    /// How often the background check asks an idle connection whether its
-    /// server still takes writes (jittered between half and twice the
-    /// interval); `None` turns it off. Default: every second.
-    pub fn check_interval(mut self, interval: Option<Duration>) -> Self {
-        self.settings.check_interval = interval.filter(|d| !d.is_zero());
-        self
-    }
-
-    /// Waits for a primary (for [`Expect::Writable`]: a server not in
-    /// recovery; one read-only in place opens degraded,
-    /// [`PoolStatus::ReadOnly`]), up to the
-    /// [reopen timeout](LivePoolBuilder::reopen_timeout) (none by default:
-    /// bind your health routes first, or give the container a Kubernetes
-    /// `startupProbe`), opens the pool, verifies it and starts the
-    /// background check.
-    ///
-    /// The pool's `after_connect` is the crate's check; put per-connection
-    /// settings in the connect options instead
-    /// (`PgConnectOptions::options([("statement_timeout", "5s")])`).
-    pub async fn open(self) -> Result<LivePool<Postgres>, sqlx::Error> {
-        let crate::live_pool::Source::Options { connect, pool } = self.source else {
-            return Err(sqlx::Error::Configuration(
-                "a Postgres LivePool is built from connect options".into(),
-            ));
-        };
-        let state = PgState {
-            connect: *connect,
-            pool: *pool,
-            settings: self.settings,
-            policy: PolicyCell::default(),
-            confirming: Mutex::new(None),
-        };
-        let deadline = deadline_after(spread(self.config.reopen_timeout));
-        if state.settings.expect == Expect::Writable {
-            wait_for_primary(&state.connect, deadline, || false, |_, _| {})
-                .await
-                .map_err(|why| {
-                    sqlx::Error::Protocol(format!(
-                        "no Postgres primary within {:?}: {why}",
-                        self.config.reopen_timeout
-                    ))
-                })?;
-        }
-        let (first, read_only) = open_generation(&state, 0, None)
-            .await
-            .map_err(sqlx::Error::Protocol)?;
-        let policy = Arc::clone(&state.policy);
-        let live = LivePool::start(first, state, self.config, Some(spawn_checks));
-        // From now on the gates report their refusals to the policy.
-        let _ = policy.set(Arc::downgrade(live.inner()));
-        if let Some(why) = read_only {
-            live.inner().set_read_only(0, &why);
-        }
-        Ok(live)
+/// The policy started around the first generation: from now on the gates
+/// report their refusals to it, and a server found read-only in place at
+/// open is degraded from the start.
+pub(crate) fn attach(policy: &PolicyRef<Postgres>, read_only: Option<String>) {
+    let _ = policy.state().policy.set(Arc::downgrade(policy));
+    if let Some(why) = read_only {
+        policy.set_read_only(0, &why);
     }
 }

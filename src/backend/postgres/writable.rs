@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgExecutor, Row};
 
 use super::PolicyCell;
-use crate::live_pool::Fault;
+use crate::shared::Fault;
 
 /// One round trip, about the cost of `SELECT 1`, that needs no privilege.
 /// Only the server's state counts, never the session's own settings (a
@@ -199,7 +199,7 @@ pub(crate) fn jitter(max: Duration) -> Duration {
     let nanos = u64::try_from((max - half).as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_add(1);
-    half + Duration::from_nanos(crate::backend::random_u64() % nanos)
+    half + Duration::from_nanos(crate::shared::random_u64() % nanos)
 }
 
 /// A deadline the user set, stretched by 0 to 25 % (drawn per wait): a
@@ -207,7 +207,7 @@ pub(crate) fn jitter(max: Duration) -> Duration {
 /// same second. `Duration::MAX` (no deadline) stays as it is.
 pub(crate) fn spread(timeout: Duration) -> Duration {
     let quarter = u64::try_from((timeout / 4).as_nanos()).unwrap_or(u64::MAX);
-    let extra = crate::backend::random_u64() % quarter.saturating_add(1);
+    let extra = crate::shared::random_u64() % quarter.saturating_add(1);
     timeout.saturating_add(Duration::from_nanos(extra))
 }
 

@@ -8,7 +8,7 @@ use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 
 use super::identity::{DbFile, OpenFiles};
 use crate::blocking;
-use crate::live_pool::Generation;
+use crate::shared::Generation;
 
 /// How long the filesystem calls of a verification may take.
 pub(crate) const FS_BOUND: Duration = Duration::from_secs(2);

@@ -12,8 +12,10 @@ use super::generation::{FS_BOUND, Schema, open_files};
 use super::identity::{DbFile, FileFault};
 use super::rescue;
 use crate::blocking;
-use crate::classify::ErrorClass;
-use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, Outcome, PoolStatus, panic_text};
+use crate::shared::{
+    ErrorClass, Fault, Generation, GiveUpReason, Outcome, Policy, PoolStatus, RescueConfig, class,
+    panic_text,
+};
 
 /// How long the read of the main database that confirms a fatal-class
 /// error may take.
@@ -33,7 +35,7 @@ enum Seal {
     Busy,
 }
 
-impl Inner<Sqlite> {
+impl dyn Policy<Sqlite> {
     /// A CANTOPEN (14) names no file: it may be another file (`ATTACH`,
     /// `VACUUM INTO` to a bad path) or a descriptor shortage. It is fatal only
     /// when the database's own file is affected, which the file identity
@@ -77,7 +79,7 @@ impl Inner<Sqlite> {
         fault: Fault,
     ) -> tokio::task::JoinHandle<Outcome> {
         let mut slot = self
-            .backend
+            .state()
             .confirming
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -106,12 +108,14 @@ impl Inner<Sqlite> {
         let current = self.current();
         if current.number != generation {
             // Stale or gave up: the policy says which.
-            return self.fatal(generation, fault).await;
+            return Arc::clone(self).fatal(generation, fault).await;
         }
         if let Some(file) = current.file.clone() {
             match blocking::run(FS_BOUND, move || file.check()).await {
                 Ok(Err(file_fault)) => {
-                    return self.fatal(generation, Fault::File(file_fault)).await;
+                    return Arc::clone(self)
+                        .fatal(generation, Fault::File(file_fault))
+                        .await;
                 }
                 Ok(Ok(())) => {}
                 Err(stuck) => {
@@ -129,11 +133,11 @@ impl Inner<Sqlite> {
             }
             Ok(Ok(Some(problem))) => {
                 tracing::error!(code = fault.code(), %fault, %problem, "the main database fails its check");
-                self.fatal(generation, fault).await
+                Arc::clone(self).fatal(generation, fault).await
             }
-            Ok(Err(err)) if crate::classify::classify(&err) == ErrorClass::Fatal => {
+            Ok(Err(err)) if class::read::<Sqlite>(&err).0 == ErrorClass::Fatal => {
                 tracing::error!(code = fault.code(), %fault, error = %err, "a read of the main database fails too");
-                self.fatal(generation, fault).await
+                Arc::clone(self).fatal(generation, fault).await
             }
             Ok(Err(err)) => {
                 tracing::warn!(code = fault.code(), %fault, error = %err, "fatal-class error; the main database could not be checked now, not fatal");
@@ -197,17 +201,17 @@ impl Inner<Sqlite> {
         // file nobody will read again. `close` refuses new acquires at once.
         let draining = old.pool.close();
         let mut rescue = None;
-        if file_fault.is_some() && self.config.rescue.enabled {
+        if file_fault.is_some() && self.config().rescue.enabled {
             // Let writes already in flight finish first, so the rescue's
             // snapshot holds every write the old pool acknowledged.
-            if tokio::time::timeout(self.config.drain_timeout, draining)
+            if tokio::time::timeout(self.config().drain_timeout, draining)
                 .await
                 .is_err()
             {
                 tracing::warn!(
                     generation = old.number,
                     "connections still checked out after {:?}; the generation is sealed before it is let go",
-                    self.config.drain_timeout
+                    self.config().drain_timeout
                 );
             }
             rescue = self.rescue_and_seal(old, fault, file_fault).await;
@@ -292,7 +296,7 @@ impl Inner<Sqlite> {
         let _ = sqlx::query("PRAGMA busy_timeout = 50")
             .execute(&mut *conn)
             .await;
-        let rescue = self.config.rescue.clone();
+        let rescue = self.config().rescue.clone();
         let ctx = SealContext {
             file,
             config: &rescue,
@@ -302,8 +306,8 @@ impl Inner<Sqlite> {
             db_mode,
         };
         let before = data_version(conn).await;
-        let mut latest = rescue_with_retries(conn, &ctx, Some(&self.status)).await;
-        let deadline = crate::live_pool::deadline_after(self.config.drain_timeout);
+        let mut latest = rescue_with_retries(conn, &ctx, Some(self)).await;
+        let deadline = crate::shared::deadline_after(self.config().drain_timeout);
         let Err(before) = seal_loop(conn, &ctx, before, Some(deadline), &mut latest).await else {
             return Some(latest);
         };
@@ -351,8 +355,8 @@ impl Inner<Sqlite> {
                 super::identity::retire(file);
             }
             // What was open before the new pool: its own descriptors are the others.
-            let before = open_files(self.config.reopen_timeout).await;
-            let reopen = Arc::clone(&self.backend.reopen);
+            let before = open_files(self.config().reopen_timeout).await;
+            let reopen = Arc::clone(&self.state().reopen);
             // The user's reopen runs on a task of its own: a panic in it is a
             // failed reopen, not a heal in flight for ever.
             let pool = tokio::spawn(async move { reopen().await })
@@ -365,7 +369,7 @@ impl Inner<Sqlite> {
                 configured.clone(),
                 before,
                 Some(Instant::now()),
-                self.config.reopen_timeout,
+                self.config().reopen_timeout,
             )
             .await
             .map_err(|err| GiveUpReason::VerifyFailed(err.to_string()))?;
@@ -388,12 +392,12 @@ impl Inner<Sqlite> {
             }
             Ok(new)
         };
-        tokio::time::timeout(self.config.reopen_timeout, attempt)
+        tokio::time::timeout(self.config().reopen_timeout, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(GiveUpReason::ReopenFailed(format!(
                     "no verified pool within {:?}",
-                    self.config.reopen_timeout
+                    self.config().reopen_timeout
                 )))
             })
     }
@@ -402,7 +406,7 @@ impl Inner<Sqlite> {
     /// now. A missing file is an error unless reopens may create it.
     async fn expected_file(&self, configured: &std::path::Path) -> Result<PathBuf, GiveUpReason> {
         let path = configured.to_path_buf();
-        let creates = self.config.reopen_creates;
+        let creates = self.config().reopen_creates;
         let found = blocking::run(FS_BOUND, move || match std::fs::canonicalize(&path) {
             Ok(resolved) => Ok(resolved),
             Err(err) if creates && err.kind() == std::io::ErrorKind::NotFound => {
@@ -431,7 +435,7 @@ impl Inner<Sqlite> {
     /// a request path. The sentinel goes last: it keeps the dead file
     /// reachable, and sealed, until every straggler is back.
     pub(crate) fn close_in_background(&self, old: Arc<Generation<Sqlite>>) {
-        let limit = self.config.close_timeout;
+        let limit = self.config().close_timeout;
         let task = tokio::spawn(async move {
             let close = old.pool.close();
             tokio::pin!(close);
@@ -584,7 +588,7 @@ async fn prune_rescues(saved: &std::path::Path, db: &std::path::Path, keep: usiz
 /// What a rescue and a seal work on.
 struct SealContext<'a> {
     file: &'a DbFile,
-    config: &'a rescue::RescueConfig,
+    config: &'a RescueConfig,
     generation: u64,
     fault: &'a Fault,
     /// What happened to the file (where the rescue may go depends on it).
@@ -599,7 +603,7 @@ struct SealContext<'a> {
 async fn rescue_with_retries(
     conn: &mut SqliteConnection,
     ctx: &SealContext<'_>,
-    status: Option<&watch::Sender<PoolStatus>>,
+    policy: Option<&dyn Policy<Sqlite>>,
 ) -> PathBuf {
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
@@ -620,9 +624,9 @@ async fn rescue_with_retries(
                 }
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
                 if attempts > 0
-                    && let Some(status) = status
+                    && let Some(policy) = policy
                 {
-                    status.send_replace(PoolStatus::Healing {
+                    policy.publish(PoolStatus::Healing {
                         generation: ctx.generation,
                         fault: ctx.fault.clone(),
                     });
@@ -633,8 +637,8 @@ async fn rescue_with_retries(
                 crate::metrics::rescue_failed();
                 attempts += 1;
                 tracing::error!(database = %ctx.file.path().display(), attempts, code = err.code, error = %err, retry_in = ?backoff, "rescue of the dead handle's data failed; the handle is kept open and the rescue retried");
-                if let Some(status) = status {
-                    status.send_replace(PoolStatus::RescueFailing {
+                if let Some(policy) = policy {
+                    policy.publish(PoolStatus::RescueFailing {
                         generation: ctx.generation,
                         fault: ctx.fault.clone(),
                         attempts,
@@ -693,7 +697,7 @@ async fn seal(conn: &mut SqliteConnection, before: Option<i64>) -> Seal {
     };
     match begun {
         Ok(_) => {}
-        Err(err) if crate::classify::classify(&err) == ErrorClass::Transient => return Seal::Busy,
+        Err(err) if class::read::<Sqlite>(&err).0 == ErrorClass::Transient => return Seal::Busy,
         // Writes fail on this handle anyway (1032 after a move in DELETE mode).
         Err(_) => return Seal::Sealed,
     }

@@ -5,64 +5,10 @@
 //! device and inode recorded when the pool was opened with what the path
 //! resolves to now.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// What happened to the database file under the running process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FileFault {
-    /// Nothing is at the path any more and the open file has no links left
-    /// (`rm`, `rm -rf` of the directory). Also reported when the platform
-    /// cannot tell a deletion from a move.
-    Deleted,
-    /// Nothing is at the path any more, but the open file still has a link
-    /// somewhere else (`mv` of the file or of its directory).
-    Moved,
-    /// The path leads to a different file than the one the pool has open:
-    /// a restore or deploy replaced it, or the symlink that is the
-    /// configured path was repointed.
-    Replaced,
-    /// The `-wal` or `-shm` file the pool has open was deleted: its commits
-    /// are invisible to every other connection and lost at the next restart.
-    CompanionDeleted,
-    /// The `-wal` or `-shm` file at the path is not the one the pool has
-    /// open: another process is working on a different write-ahead log.
-    CompanionReplaced,
-}
-
-impl FileFault {
-    /// A short lowercase name, as used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileFault::Deleted => "deleted",
-            FileFault::Moved => "moved",
-            FileFault::Replaced => "replaced",
-            FileFault::CompanionDeleted => "-wal or -shm deleted",
-            FileFault::CompanionReplaced => "-wal or -shm replaced",
-        }
-    }
-
-    /// `true` when the main file at the path is still the one the pool has
-    /// open and only a companion changed.
-    pub(crate) fn is_companion(self) -> bool {
-        matches!(
-            self,
-            FileFault::CompanionDeleted | FileFault::CompanionReplaced
-        )
-    }
-}
-
-impl fmt::Display for FileFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "database file {} under the running process",
-            self.as_str()
-        )
-    }
-}
+pub use crate::shared::FileFault;
 
 /// The database file a generation opened, identified by device and inode,
 /// with the `-wal` and `-shm` files it had open.

@@ -1,6 +1,7 @@
 //! SQLite: the file identity and its watchdog, the rescue of a dead
 //! handle's data, the seal, and reattaching the same file.
 
+pub(crate) mod classify;
 mod generation;
 mod heal;
 pub(crate) mod identity;
@@ -10,7 +11,7 @@ pub(crate) mod rescue;
 mod watchdog;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -22,12 +23,11 @@ pub(crate) use generation::{
 };
 pub use identity::FileFault;
 
-use super::Triage;
-use super::sealed::Sealed;
 use crate::blocking;
-use crate::classify::Code;
-use crate::health::Finding;
-use crate::live_pool::{Fault, Generation, GiveUpReason, Inner, LivePool, Outcome, ReopenFn};
+use crate::shared::{
+    Backend, Code, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, PolicyRef,
+    ReopenFn, Sealed, Triage,
+};
 
 /// SQLite's primary CANTOPEN result code.
 const CANTOPEN: i32 = 14;
@@ -59,6 +59,8 @@ impl SqliteState {
     }
 }
 
+impl Backend for Sqlite {}
+
 impl Sealed for Sqlite {
     type Extra = SqliteGeneration;
     type State = SqliteState;
@@ -66,8 +68,16 @@ impl Sealed for Sqlite {
     const NAME: &'static str = "sqlite";
     const CHECK_KEY: &'static str = "sqlite:responseTime";
 
+    fn code(db: &dyn sqlx::error::DatabaseError) -> Code {
+        classify::code(db)
+    }
+
+    fn class(code: Code) -> ErrorClass {
+        classify::class(code)
+    }
+
     fn triage(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         generation: u64,
         code: Code,
         err: &dyn fmt::Display,
@@ -94,7 +104,7 @@ impl Sealed for Sqlite {
         }
     }
 
-    fn transient(inner: &Arc<Inner<Self>>, generation: u64, code: Code) {
+    fn transient(inner: &PolicyRef<Self>, generation: u64, code: Code) {
         let Some(code) = code.sqlite() else { return };
         if code & 0xff != READONLY || generation != inner.generation() {
             return;
@@ -108,7 +118,7 @@ impl Sealed for Sqlite {
     }
 
     fn replace(
-        inner: &Arc<Inner<Self>>,
+        inner: &PolicyRef<Self>,
         old: &Arc<Generation<Self>>,
         fault: &Fault,
     ) -> impl Future<Output = (Result<Generation<Self>, GiveUpReason>, Option<PathBuf>)> + Send
@@ -116,7 +126,7 @@ impl Sealed for Sqlite {
         inner.replace(old, fault)
     }
 
-    fn retire(inner: &Arc<Inner<Self>>, old: Arc<Generation<Self>>) {
+    fn retire(inner: &PolicyRef<Self>, old: Arc<Generation<Self>>) {
         inner.close_in_background(old);
     }
 
@@ -131,183 +141,140 @@ impl Sealed for Sqlite {
     }
 
     fn probe(
-        live: &LivePool<Self>,
+        policy: &PolicyRef<Self>,
         bound: Duration,
         stuck: &AtomicU32,
-    ) -> impl Future<Output = (u64, Finding)> + Send
-    where
-        Self: super::Backend,
-    {
-        probe::probe(live, bound, stuck)
+    ) -> impl Future<Output = (u64, Finding)> + Send {
+        probe::probe(policy, bound, stuck)
     }
 }
 
-/// Spawns the file watchdog of a SQLite `LivePool` (see
-/// [`LivePool::start`]).
-pub(crate) fn spawn_watchdog(inner: &Arc<Inner<Sqlite>>, stop: tokio::sync::oneshot::Receiver<()>) {
+/// Spawns the file watchdog of a SQLite `LivePool`.
+pub(crate) fn spawn_watchdog(inner: &PolicyRef<Sqlite>, stop: tokio::sync::oneshot::Receiver<()>) {
     watchdog::spawn(inner, stop);
 }
 
-impl LivePool<Sqlite> {
-    /// Refuses, with an error that names the rescue and how to restore it,
-    /// when the database at `db_path` was lost under a process that then
-    /// gave up and nobody has restored its rescue yet (or removed the
-    /// marker to start empty on purpose). [`open`](crate::LivePoolBuilder::open)
-    /// runs this check itself; call it before you open a pool of your own
-    /// with `create_if_missing(true)` (for
-    /// [`builder_with_pool`](LivePool::builder_with_pool)), so that pool
-    /// does not create an empty database at the path first.
-    ///
-    /// `rescue_dir` is the builder's [`rescue_dir`](crate::LivePoolBuilder::rescue_dir),
-    /// if you set one. A filesystem that does not answer within
-    /// `bound` is an error (a hung mount).
-    pub async fn check_pending_rescue(
-        db_path: impl AsRef<std::path::Path>,
-        rescue_dir: Option<&std::path::Path>,
-        bound: Duration,
-    ) -> Result<(), sqlx::Error> {
-        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
-        let dir = rescue_dir.map(std::path::Path::to_path_buf);
-        let shown = db.display().to_string();
-        let checked = blocking::run(bound, move || -> std::io::Result<Option<String>> {
-            let Some(pending) = marker::find(&db, dir.as_deref())? else {
-                return Ok(None);
-            };
-            if pending.restored() {
-                pending.retire()?;
-                tracing::warn!(database = %db.display(), rescue = %pending.rescue.display(), "the rescue was restored at the database's path; the restore marker is retired");
-                return Ok(None);
-            }
-            Ok(Some(pending.refusal()))
-        })
-        .await
-        .map_err(|stuck| {
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("checking for a pending rescue of {shown}: {stuck} (a hung mount?)"),
-            ))
-        })?
-        .map_err(sqlx::Error::Io)?;
-        match checked {
-            None => Ok(()),
-            Some(refusal) => {
-                tracing::error!("{refusal}");
-                Err(sqlx::Error::Configuration(refusal.into()))
-            }
+/// Refuses, with an error that names the rescue and how to restore it,
+/// when a give-up left a rescue for the database at `db_path` that nobody
+/// has restored yet; retires a marker whose rescue is back in place.
+pub(crate) async fn check_pending_rescue(
+    db_path: &Path,
+    rescue_dir: Option<&Path>,
+    bound: Duration,
+) -> Result<(), sqlx::Error> {
+    let db = std::path::absolute(db_path).map_err(sqlx::Error::Io)?;
+    let dir = rescue_dir.map(Path::to_path_buf);
+    let shown = db.display().to_string();
+    let checked = blocking::run(bound, move || -> std::io::Result<Option<String>> {
+        let Some(pending) = marker::find(&db, dir.as_deref())? else {
+            return Ok(None);
+        };
+        if pending.restored() {
+            pending.retire()?;
+            tracing::warn!(database = %db.display(), rescue = %pending.rescue.display(), "the rescue was restored at the database's path; the restore marker is retired");
+            return Ok(None);
+        }
+        Ok(Some(pending.refusal()))
+    })
+    .await
+    .map_err(|stuck| {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("checking for a pending rescue of {shown}: {stuck} (a hung mount?)"),
+        ))
+    })?
+    .map_err(sqlx::Error::Io)?;
+    match checked {
+        None => Ok(()),
+        Some(refusal) => {
+            tracing::error!("{refusal}");
+            Err(sqlx::Error::Configuration(refusal.into()))
         }
     }
+}
 
-    /// Lists, logs and publishes (metrics `db_liveness_leftover_files` and
-    /// `_bytes`) what earlier faults left for the database at `db_path`.
-    pub(crate) async fn report_leftovers(
-        db_path: &std::path::Path,
-        rescue_dir: Option<&std::path::Path>,
-        bound: Duration,
-    ) {
-        let (db, dir) = (
-            db_path.to_path_buf(),
-            rescue_dir.map(std::path::Path::to_path_buf),
-        );
-        let Ok(found) = blocking::run(bound, move || marker::leftovers(&db, dir.as_deref())).await
-        else {
-            return;
-        };
-        crate::metrics::leftovers(found.files.len(), found.bytes());
-        if found.files.is_empty() {
-            return;
-        }
-        let list: Vec<String> = found
-            .files
-            .iter()
-            .map(|(path, size)| format!("{} ({size} B)", path.display()))
-            .collect();
-        tracing::warn!(
-            database = %db_path.display(),
-            files = found.files.len(),
-            bytes = found.bytes(),
-            "files from earlier faults are kept (rescues, restore markers, set-aside -wal/-shm); \
-             the crate never deletes them: remove them once the database is checked: {}",
-            list.join(", ")
-        );
+/// Lists, logs and publishes (metrics `db_liveness_leftover_files` and
+/// `_bytes`) what earlier faults left for the database at `db_path`.
+pub(crate) async fn report_leftovers(db_path: &Path, rescue_dir: Option<&Path>, bound: Duration) {
+    let (db, dir) = (db_path.to_path_buf(), rescue_dir.map(Path::to_path_buf));
+    let Ok(found) = blocking::run(bound, move || marker::leftovers(&db, dir.as_deref())).await
+    else {
+        return;
+    };
+    crate::metrics::leftovers(found.files.len(), found.bytes());
+    if found.files.is_empty() {
+        return;
     }
+    let list: Vec<String> = found
+        .files
+        .iter()
+        .map(|(path, size)| format!("{} ({size} B)", path.display()))
+        .collect();
+    tracing::warn!(
+        database = %db_path.display(),
+        files = found.files.len(),
+        bytes = found.bytes(),
+        "files from earlier faults are kept (rescues, restore markers, set-aside -wal/-shm); \
+         the crate never deletes them: remove them once the database is checked: {}",
+        list.join(", ")
+    );
+}
 
-    /// Restores the rescue a give-up left for the database at `db_path`:
-    /// verifies it (a complete SQLite file whose `quick_check` is ok), sets
-    /// whatever is at the path and its `-wal`/`-shm`/`-journal` aside
-    /// (renamed `...replaced-<stamp>` / `...stale-<stamp>`, never
-    /// deleted), copies the rescue next to the path and renames it into
-    /// place (the rescue file stays where it is, as evidence) and retires the
-    /// marker. Run it while no process has the database open. Returns the
-    /// rescue that was restored.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), sqlx::Error> {
-    /// use tower_db_liveness::LivePool;
-    /// let restored = LivePool::restore_rescue("/var/lib/app/app.db", None).await?;
-    /// println!("restored {}", restored.display());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn restore_rescue(
-        db_path: impl AsRef<std::path::Path>,
-        rescue_dir: Option<&std::path::Path>,
-    ) -> Result<PathBuf, sqlx::Error> {
-        let db = std::path::absolute(db_path.as_ref()).map_err(sqlx::Error::Io)?;
-        let dir = rescue_dir.map(std::path::Path::to_path_buf);
-        let found = {
-            let db = db.clone();
-            tokio::task::spawn_blocking(move || marker::find(&db, dir.as_deref()))
-                .await
-                .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
-                .map_err(sqlx::Error::Io)?
-        };
-        let Some(pending) = found else {
-            return Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no rescue is waiting to be restored at {}", db.display()),
-            )));
-        };
-        // SQLite's own verdict on the rescue, read-only.
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&pending.rescue)
-            .read_only(true);
-        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
-        let verdict: String = sqlx::query_scalar("PRAGMA quick_check(1)")
-            .fetch_one(&mut conn)
-            .await?;
-        let _ = sqlx::Connection::close(conn).await;
-        if verdict != "ok" {
-            return Err(sqlx::Error::Io(std::io::Error::other(format!(
-                "the rescue {} fails its check: {verdict}",
-                pending.rescue.display()
-            ))));
-        }
-        let rescue = pending.rescue.clone();
-        let set_aside = tokio::task::spawn_blocking(move || marker::put_back(&pending))
+/// Restores the rescue a give-up left for the database at `db_path` (see
+/// `LivePool::restore_rescue`); returns the rescue that was restored.
+pub(crate) async fn restore_rescue(
+    db_path: &Path,
+    rescue_dir: Option<&Path>,
+) -> Result<PathBuf, sqlx::Error> {
+    let db = std::path::absolute(db_path).map_err(sqlx::Error::Io)?;
+    let dir = rescue_dir.map(Path::to_path_buf);
+    let found = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || marker::find(&db, dir.as_deref()))
             .await
             .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
-            .map_err(sqlx::Error::Io)?;
-        for aside in set_aside {
-            tracing::warn!(moved_to = %aside.display(), "set aside before the restore");
-        }
-        tracing::warn!(database = %db.display(), rescue = %rescue.display(), "the rescue was restored at the database's path");
-        Ok(rescue)
+            .map_err(sqlx::Error::Io)?
+    };
+    let Some(pending) = found else {
+        return Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no rescue is waiting to be restored at {}", db.display()),
+        )));
+    };
+    // SQLite's own verdict on the rescue, read-only.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&pending.rescue)
+        .read_only(true);
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+    let verdict: String = sqlx::query_scalar("PRAGMA quick_check(1)")
+        .fetch_one(&mut conn)
+        .await?;
+    let _ = sqlx::Connection::close(conn).await;
+    if verdict != "ok" {
+        return Err(sqlx::Error::Io(std::io::Error::other(format!(
+            "the rescue {} fails its check: {verdict}",
+            pending.rescue.display()
+        ))));
     }
+    let rescue = pending.rescue.clone();
+    let set_aside = tokio::task::spawn_blocking(move || marker::put_back(&pending))
+        .await
+        .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
+        .map_err(sqlx::Error::Io)?;
+    for aside in set_aside {
+        tracing::warn!(moved_to = %aside.display(), "set aside before the restore");
+    }
+    tracing::warn!(database = %db.display(), rescue = %rescue.display(), "the rescue was restored at the database's path");
+    Ok(rescue)
+}
 
-    /// Compares the database file the pool opened with what its path leads
-    /// to now, and reports a deleted, moved or replaced file to the policy
-    /// (the watchdog runs this periodically).
-    ///
-    /// Returns `None` when the file is in place (or the database has no file).
-    /// The check runs off the runtime; a check that does not answer within
-    /// 2 s (a hung mount) is not a finding and returns `None`.
-    pub async fn check_file(&self) -> Option<Outcome> {
-        let current = self.current();
-        let file = current.file.clone()?;
-        let fault = blocking::run(FS_BOUND, move || file.check())
-            .await
-            .ok()?
-            .err()?;
-        Some(self.inner().fatal(current.number, Fault::File(fault)).await)
-    }
+/// What happened to the file `generation` opened, if anything: checked off
+/// the runtime, `None` when it is in place, has no file, or the check did
+/// not answer within 2 s (a hung mount is not a finding).
+pub(crate) async fn file_fault(generation: &Generation<Sqlite>) -> Option<FileFault> {
+    let file = generation.file.clone()?;
+    blocking::run(FS_BOUND, move || file.check())
+        .await
+        .ok()?
+        .err()
 }

@@ -1,5 +1,6 @@
 //! SQLite's health probe: the file identity, then a page read.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -7,25 +8,24 @@ use sqlx::Sqlite;
 
 use super::generation::read_page;
 use crate::blocking::{self, Stuck};
-use crate::health::{Detail, Finding};
-use crate::live_pool::{Fault, LivePool};
+use crate::shared::{Detail, Fault, Finding, PolicyRef};
 
 /// File identity, then a page read, on the generation in service; a fatal
 /// finding is handed to the policy.
 ///
 /// The identity check runs on the crate's filesystem threads and is given
 /// up after `bound`: a stuck check is `warn`, and `fail` from the
-/// [`STUCK_PROBES`]th in a row. `stuck` counts them across probes.
+/// [`STUCK_PROBES`](crate::shared::STUCK_PROBES)th in a row. `stuck` counts them across probes.
 pub(crate) async fn probe(
-    live: &LivePool<Sqlite>,
+    policy: &PolicyRef<Sqlite>,
     bound: Duration,
     stuck: &AtomicU32,
 ) -> (u64, Finding) {
-    let current = live.current();
+    let current = policy.current();
     let generation = current.number;
     if let Some(file) = current.file.clone() {
         let path = file.path().to_owned();
-        let read_only = live.inner().is_read_only(generation);
+        let read_only = policy.is_read_only(generation);
         // A stat can block on a dead network filesystem: keep it off the
         // runtime. While read-only in place, also whether writes are
         // possible again.
@@ -43,13 +43,13 @@ pub(crate) async fn probe(
         match checked {
             Ok(Ok(writable_again)) => {
                 if writable_again {
-                    live.inner().clear_read_only(generation);
+                    policy.clear_read_only(generation);
                 }
             }
             Ok(Err(fault)) => {
                 // The policy takes the finding now; the answer does not wait
                 // for the heal it starts.
-                drop(live.report_fault(generation, Fault::File(fault)));
+                drop(Arc::clone(policy).fatal(generation, Fault::File(fault)));
                 let detail = Detail {
                     safe: format!("database file {}", fault.as_str()),
                     full: format!("{fault}: {}", path.display()),
@@ -72,5 +72,5 @@ pub(crate) async fn probe(
         Ok(()) => return (generation, Finding::Pass),
         Err(err) => err,
     };
-    (generation, Finding::from_error(live, generation, &err))
+    (generation, Finding::from_error(policy, generation, &err))
 }

@@ -49,33 +49,10 @@ use time::macros::format_description;
 
 use super::identity::FileFault;
 use crate::blocking;
+use crate::shared::RescueConfig;
 
 /// How long the filesystem calls of one rescue attempt may take.
 const FS_BOUND: Duration = Duration::from_secs(2);
-
-/// Where and how long a rescue may run.
-#[derive(Debug, Clone)]
-pub(crate) struct RescueConfig {
-    pub(crate) enabled: bool,
-    /// Tried first when set.
-    pub(crate) dir: Option<PathBuf>,
-    pub(crate) timeout: Duration,
-    /// Opted in: after a rescue is saved, keep only the newest this many
-    /// rescues of this database in its rescue directory (at least 1, and
-    /// never one a restore marker names). `None`: keep every one.
-    pub(crate) keep: Option<usize>,
-}
-
-impl Default for RescueConfig {
-    fn default() -> Self {
-        RescueConfig {
-            enabled: true,
-            dir: None,
-            timeout: Duration::from_secs(30),
-            keep: None,
-        }
-    }
-}
 
 /// The retention the user opted into: in the private directory of `saved`,
 /// removes this database's rescues older than the newest `keep` (at least
@@ -314,7 +291,7 @@ pub(crate) fn unique_suffix() -> String {
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .unwrap_or_default();
-    format!("{stamp}-{:016x}", crate::backend::random_u64())
+    format!("{stamp}-{:016x}", crate::shared::random_u64())
 }
 
 /// The process's effective user.

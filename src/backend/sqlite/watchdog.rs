@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use crate::blocking;
 use sqlx::Sqlite;
 
-use crate::live_pool::{Fault, Inner};
+use crate::shared::{Fault, Policy, PolicyRef};
 
 /// How long a tick waits for the file identity check. A `stat` that takes
 /// longer is a hung mount, not a slow disk.
@@ -33,19 +33,19 @@ const CHECK_BOUND: Duration = Duration::from_secs(1);
 /// Stuck checks in a row before the watchdog logs an error.
 const STUCK_CHECKS: u32 = 3;
 
-pub(crate) fn spawn(inner: &Arc<Inner<Sqlite>>, stop: oneshot::Receiver<()>) {
-    let Some(interval) = inner.config.watchdog_interval else {
+pub(crate) fn spawn(inner: &PolicyRef<Sqlite>, stop: oneshot::Receiver<()>) {
+    let Some(interval) = inner.config().watchdog_interval else {
         return;
     };
     #[cfg(feature = "fs-watch")]
-    let fs_watch = inner.config.fs_watch;
+    let fs_watch = inner.config().fs_watch;
     #[cfg(not(feature = "fs-watch"))]
     let fs_watch = false;
     tokio::spawn(run(Arc::downgrade(inner), interval, fs_watch, stop));
 }
 
 async fn run(
-    inner: Weak<Inner<Sqlite>>,
+    inner: Weak<dyn Policy<Sqlite>>,
     interval: Duration,
     fs_watch: bool,
     mut stop: oneshot::Receiver<()>,
@@ -141,7 +141,7 @@ async fn run(
 
 /// The file names in the database's directory whose removal, rename or
 /// creation the filesystem watch wakes the watchdog for.
-fn watched_names(file: &crate::backend::sqlite::identity::DbFile) -> Vec<std::ffi::OsString> {
+fn watched_names(file: &super::identity::DbFile) -> Vec<std::ffi::OsString> {
     let mut names = Vec::new();
     if let Some(name) = file.path().file_name() {
         for suffix in ["", "-wal", "-shm"] {

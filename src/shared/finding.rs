@@ -1,9 +1,12 @@
 //! What one probe found, for the backends' probes to return.
 
-use super::STUCK_PROBES;
-use crate::backend::Backend;
-use crate::classify::{Code, ErrorClass, classify};
-use crate::live_pool::LivePool;
+use std::sync::Arc;
+
+use super::{Code, ErrorClass, PolicyRef, Sealed, class};
+
+/// Consecutive probes whose check was stuck (a hung mount, a black-holed
+/// server) before the answer is `fail`; the ones before it are `warn`.
+pub(crate) const STUCK_PROBES: u32 = 3;
 
 /// A finding's text: `safe` holds no path and no SQLite message.
 #[derive(Debug, Clone)]
@@ -55,13 +58,12 @@ impl Finding {
 
     /// What a probe's failed read says, for every backend. A fatal error is
     /// handed to the policy (which decides now; nothing waits for the heal).
-    pub(crate) fn from_error<DB: Backend>(
-        live: &LivePool<DB>,
+    pub(crate) fn from_error<DB: Sealed>(
+        policy: &PolicyRef<DB>,
         generation: u64,
         err: &sqlx::Error,
     ) -> Finding {
-        let class = classify(err);
-        let code = Code::of(err);
+        let (class, code) = class::read::<DB>(err);
         let safe = match (code, err) {
             (Code::None, _)
                 if matches!(
@@ -90,7 +92,7 @@ impl Finding {
             }
             ErrorClass::Transient => Finding::Transient(detail),
             ErrorClass::Fatal => {
-                drop(live.report_classified(generation, class, code, err));
+                drop(Arc::clone(policy).report(generation, class, code, err));
                 // SQLite's CANTOPEN with the file in place (the probe checked
                 // it first): a descriptor shortage, say. Reported, so the
                 // policy checks again; not dead.

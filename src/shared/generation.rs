@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use sqlx::Pool;
 
-use crate::backend::sealed::Sealed;
+use super::Sealed;
 
 /// One opened (and verified) pool.
 pub struct Generation<DB: Sealed> {
