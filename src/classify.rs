@@ -17,9 +17,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use sqlx::Sqlite;
 use sqlx::error::DatabaseError;
-use sqlx::sqlite::SqliteError;
 
 pub(crate) use crate::shared::Code;
 pub use crate::shared::ErrorClass;
@@ -60,7 +58,8 @@ impl Code {
 
     pub(crate) fn of_database(db: &dyn DatabaseError) -> Self {
         let readers: &[fn(&dyn DatabaseError) -> Code] = &[
-            <Sqlite as Sealed>::code,
+            #[cfg(feature = "sqlite")]
+            <sqlx::Sqlite as Sealed>::code,
             #[cfg(feature = "postgres")]
             <sqlx::Postgres as Sealed>::code,
             #[cfg(feature = "mysql")]
@@ -76,7 +75,8 @@ impl Code {
     /// How the crate classifies this code: by the backend whose code it is.
     pub(crate) fn class(self) -> ErrorClass {
         match self {
-            Code::Sqlite(_) => <Sqlite as Sealed>::class(self),
+            #[cfg(feature = "sqlite")]
+            Code::Sqlite(_) => <sqlx::Sqlite as Sealed>::class(self),
             #[cfg(feature = "postgres")]
             Code::Sqlstate(_) => <sqlx::Postgres as Sealed>::class(self),
             #[cfg(feature = "mysql")]
@@ -159,7 +159,8 @@ pub(crate) fn find_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<Fou
         }
         // `sqlx::Error::Database` exposes its inner error as a source; someone
         // may have wrapped that inner error alone.
-        if let Some(db) = current.downcast_ref::<SqliteError>() {
+        #[cfg(feature = "sqlite")]
+        if let Some(db) = current.downcast_ref::<sqlx::sqlite::SqliteError>() {
             return Some(Found::Database(db));
         }
         #[cfg(feature = "postgres")]

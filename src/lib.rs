@@ -353,7 +353,26 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+/// Declares a struct over a [`Backend`] whose parameter defaults to SQLite
+/// when the `sqlite` feature is on, and has no default otherwise (so that
+/// enabling a feature never changes what a type means).
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!(
+    "tower-db-liveness needs a database: enable at least one of the features `sqlite` (a default \
+     feature), `postgres` or `mysql`"
+);
+
+macro_rules! sqlite_by_default {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident<DB: Backend> { $($body:tt)* }) => {
+        #[cfg(feature = "sqlite")]
+        $(#[$meta])* $vis struct $name<DB: Backend = sqlx::Sqlite> { $($body)* }
+        #[cfg(not(feature = "sqlite"))]
+        $(#[$meta])* $vis struct $name<DB: Backend> { $($body)* }
+    };
+}
+
 mod backend;
+#[cfg(feature = "sqlite")]
 mod blocking;
 mod classify;
 mod error;

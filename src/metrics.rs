@@ -10,6 +10,7 @@
 //! succeeds, only on errors, holds, heals, rescues and health answers.
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -162,6 +163,7 @@ pub(crate) fn heal_ended(healed: bool, started: Instant) {
 }
 
 /// A rescue file was saved at `path`; its size is read off the runtime.
+#[cfg(feature = "sqlite")]
 pub(crate) async fn rescue_saved(path: &Path) {
     #[cfg(feature = "metrics")]
     {
@@ -180,6 +182,7 @@ pub(crate) async fn rescue_saved(path: &Path) {
 }
 
 /// What earlier faults left next to a SQLite database, found at open.
+#[cfg(feature = "sqlite")]
 pub(crate) fn leftovers(files: usize, bytes: u64) {
     #[cfg(feature = "metrics")]
     {
@@ -190,6 +193,7 @@ pub(crate) fn leftovers(files: usize, bytes: u64) {
 }
 
 /// A rescue attempt failed (it is retried).
+#[cfg(feature = "sqlite")]
 pub(crate) fn rescue_failed() {
     #[cfg(feature = "metrics")]
     counter!("db_liveness_rescues_total", "result" => "failed").increment(1);

@@ -8,6 +8,7 @@
 //! extended codes in the unit tests of `src/classify.rs` (a `SqliteError`
 //! cannot be built outside sqlx), and on real SQLite errors in
 //! `classify_real.rs`.
+#![cfg(feature = "sqlite")]
 
 use std::borrow::Cow;
 use std::error::Error as StdError;

@@ -1,4 +1,5 @@
 //! `classify` on errors produced for real by SQLite through sqlx.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -9,6 +9,7 @@
 //! pool in on a closed `LivePool`.
 //!
 //! Found by a review of this change; each test failed before its fix.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! `-wal` behind, a deleted `-wal` alone, a repointed symlink, a write that
 //! commits after the drain, a reopen that would create a database), each
 //! with real files, real pools and the real fault.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

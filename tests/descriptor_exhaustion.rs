@@ -5,6 +5,7 @@
 //!
 //! ONE test in this file on purpose: it exhausts the descriptors of the whole
 //! test process, which would break any test running beside it.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

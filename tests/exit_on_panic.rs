@@ -8,6 +8,7 @@
 //! survives its give-up waits a bounded time and then returns normally, so
 //! it exits 0 ("1 passed"): the parents assert the give-up's own code
 //! instead, which only the policy's exit can produce.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

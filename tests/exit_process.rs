@@ -1,5 +1,6 @@
 //! The policy's last resort, for real: a child process whose reopen fails
 //! exits with status 1 through the default exit action.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! open and never creates one, so a deleted or moved file ends in a give-up
 //! (after the rescue); only a file replaced by the same application's
 //! database (a restore) heals.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The `fs-watch` filesystem watch wakes the watchdog: with polling
 //! effectively off (one poll an hour), only the watch can notice a deleted
 //! database file in time.
-#![cfg(feature = "fs-watch")]
+#![cfg(all(feature = "fs-watch", feature = "sqlite"))]
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! `fetch_one`: sqlx stops stepping after the returned row, the commit's
 //! failure at reset is dropped, and an id comes back for a row that was
 //! never stored.
+#![cfg(feature = "sqlite")]
 
 mod common;
 mod example_support;

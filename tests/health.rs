@@ -1,5 +1,6 @@
 //! `HealthService` over real SQLite files, behind a real server on
 //! 127.0.0.1, asked by a real client.
+#![cfg(feature = "sqlite")]
 
 mod common;
 mod health_support;

@@ -1,6 +1,6 @@
 //! The gRPC health bridge, through a real tonic server and channel on
 //! 127.0.0.1.
-#![cfg(feature = "tonic")]
+#![cfg(all(feature = "tonic", feature = "sqlite"))]
 
 mod common;
 mod health_support;

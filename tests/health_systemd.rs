@@ -3,7 +3,7 @@
 //! `NOTIFY_SOCKET` and `WATCHDOG_USEC` are process-wide, so the scenario
 //! runs in a child process of this test binary that gets them from the
 //! start, and binds the notify socket itself, as systemd would have.
-#![cfg(feature = "systemd")]
+#![cfg(all(feature = "systemd", feature = "sqlite"))]
 
 mod common;
 mod health_support;

@@ -9,7 +9,7 @@
 //! only the crate's file identity checks hang. The server runs a real
 //! LivePool over a real file, with the watchdog polling it, and the real
 //! `HealthService` behind axum on 127.0.0.1.
-#![cfg(target_os = "linux")]
+#![cfg(all(target_os = "linux", feature = "sqlite"))]
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -5,6 +5,7 @@
 //! carries the `sqlx::Error`; the layer finds it in the service's `Err`
 //! (`BoxedErrors`) and hands the error on unchanged; the example's outer
 //! `map_result` turns it into a 503 afterwards.
+#![cfg(feature = "sqlite")]
 
 mod common;
 mod layer_support;

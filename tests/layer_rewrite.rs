@@ -1,6 +1,7 @@
 //! When the layer turns a marked response into 503 + `Retry-After`, and when
 //! it leaves the status alone. Real SQLite errors through a real pool, the
 //! layer driven by `tower::ServiceExt::oneshot`.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The layer as a plain tower service (no framework), driven with
 //! `ServiceExt::oneshot` / `ready` + `call`, on a real SQLite file with real
 //! faults. No feature needed.
+#![cfg(feature = "sqlite")]
 
 mod common;
 mod layer_support;

@@ -5,7 +5,7 @@
 //! one, another application's) passes and is served.
 //!
 //! Found by a review of this change; each test failed before its fix.
-#![cfg(feature = "migrate")]
+#![cfg(all(feature = "migrate", feature = "sqlite"))]
 
 mod common;
 

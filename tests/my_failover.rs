@@ -99,6 +99,44 @@ async fn read_only_in_place_is_degraded_not_healed() -> TestResult {
     Ok(())
 }
 
+/// Read-only in place while every pooled connection is checked out (a
+/// saturated pool): the background check has no idle connection to ask, so
+/// it asks the endpoint directly, and the pool is `Live` again once the
+/// server takes writes, with no request and no connection freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_clears_while_every_connection_is_busy() -> TestResult {
+    let cluster = cluster();
+    let (on_give_up, mut gave_up) = exits();
+    let live = LivePool::mysql(options(&cluster))
+        .pool_options(MySqlPoolOptions::new().max_connections(2))
+        .on_give_up(on_give_up)
+        .open()
+        .await?;
+    create_table(&live).await?;
+    admin(&cluster, |c| c.set_read_only(Node::M1, true)).await?;
+    wait_for_status(&live, "read-only in place", |s| {
+        matches!(s, PoolStatus::ReadOnly { .. })
+    })
+    .await;
+
+    // Every connection checked out, as under load.
+    let pool = live.pool();
+    let held = [pool.acquire().await?, pool.acquire().await?];
+    assert_eq!(pool.num_idle(), 0, "the pool is saturated");
+    admin(&cluster, |c| c.set_read_only(Node::M1, false)).await?;
+    wait_for_status(&live, "writable again with no idle connection", |s| {
+        matches!(s, PoolStatus::Live { .. })
+    })
+    .await;
+    drop(held);
+
+    write(&live, "after").await?;
+    assert_eq!(live.generation(), 0, "read-only in place must not heal");
+    assert!(gave_up.try_recv().is_err(), "no give-up");
+    live.close().await;
+    Ok(())
+}
+
 /// The switchover of the measurements (S2): the old primary stays up and
 /// only flips read_only; the endpoint stays on it for 8 s, then moves.
 async fn switchover(max_connections: u32) -> TestResult {

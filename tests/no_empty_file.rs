@@ -5,6 +5,7 @@
 //! a "replaced" fault with no restore marker, and the restart serves the
 //! empty database. Found by a review; failed before the fix (the new
 //! connection created the file).
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! not fatal for the pool: nothing is reopened and nothing exits, however
 //! often they come within the recurrence window. The pool's own damage
 //! still is (tests/health.rs: a corrupt page, a file overwritten).
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! and survive `DEALLOCATE ALL` / `DISCARD ALL` on the server session.
 //!
 //! Needs `pgbouncer` (`.ci/run` installs it) besides the PostgreSQL server.
+#![cfg(feature = "postgres")]
 
 mod pg_cluster;
 mod pg_support;

@@ -1,6 +1,7 @@
 //! The PostgreSQL harness itself: a real primary + hot standby behind the
 //! proxy, and the faults the other tests build on. Needs the PostgreSQL server
 //! binaries (`.ci/run` installs them); without them every test here fails.
+#![cfg(feature = "postgres")]
 
 mod pg_cluster;
 

@@ -5,6 +5,7 @@
 //! anything); an idle session the server ends is transient; a fleet's waits
 //! and the reports of a busy pool stay bounded. Real primary, standby and
 //! proxy (`tests/pg_cluster`); each test says what it shows.
+#![cfg(all(feature = "postgres", feature = "axum"))]
 
 mod pg_cluster;
 mod pg_support;

@@ -1,4 +1,5 @@
 //! The reopen-once-or-exit policy on real faults.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! the new working directory (where `create_if_missing` would create an
 //! empty database). One test in this binary: it changes the process's
 //! working directory.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -9,6 +9,7 @@
 //! directory are both on it, so every place a rescue can go (the rescue
 //! directory, the database's directory, the nearest existing ancestor: the
 //! mount's root once the directory is deleted) is on the full filesystem.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -8,7 +8,7 @@
 //! racer could read, no file created where a planted symlink points, and
 //! the rescue reported is there, the crate's own, private and complete,
 //! in a directory nobody else can change.
-#![cfg(target_os = "linux")]
+#![cfg(all(target_os = "linux", feature = "sqlite"))]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //!   or `LivePool::restore_rescue`) or the marker is removed on purpose.
 //! * An operator's `rm -rf` of the data directory completes: the rescue
 //!   lands outside it, and survives it.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

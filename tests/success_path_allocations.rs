@@ -1,6 +1,7 @@
 //! Zero allocations per success-path request through the layer: a counting
 //! global allocator, counting only this thread's allocations. With the
 //! `metrics` feature, with a Prometheus recorder installed.
+#![cfg(feature = "sqlite")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -3,6 +3,7 @@
 //! that refuses a pool when "this process has the path open on another file".
 //!
 //! Found by a review of this change; each test failed before its fix.
+#![cfg(feature = "sqlite")]
 
 mod common;
 

@@ -9,6 +9,7 @@
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]

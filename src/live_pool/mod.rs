@@ -7,24 +7,23 @@ mod mysql;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use sqlx::{Pool, Sqlite};
+use sqlx::Pool;
 use tokio::sync::{oneshot, watch};
 
 pub use builder::LivePoolBuilder;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) use builder::Source;
 pub(crate) use erased::{AnyLive, WeakAnyLive};
 pub(crate) use policy::Inner;
 
 use crate::classify::{Code, ErrorClass, classify};
 use crate::shared::{
-    Backend, BoxFuture, Config, Fault, GaveUp, Generation, Outcome, PolicyRef, PoolStatus, Triage,
+    Backend, BoxFuture, Config, GaveUp, Generation, Outcome, PolicyRef, PoolStatus, Triage,
 };
 
 /// Spawns a backend's background checks, which end when the receiver resolves.
@@ -33,6 +32,7 @@ pub(crate) type SpawnChecks<DB> = fn(&PolicyRef<DB>, oneshot::Receiver<()>);
 /// action runs (the gRPC bridge's NOT_SERVING).
 pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>;
 
+sqlite_by_default! {
 /// A cheaply cloneable handle to the application's current `SqlitePool`.
 ///
 /// Handlers call [`pool`](LivePool::pool) on every request instead of holding a
@@ -64,8 +64,9 @@ pub(crate) type GiveUpHook = Box<dyn Fn(&GaveUp) -> BoxFuture<()> + Send + Sync>
 /// # Ok(())
 /// # }
 /// ```
-pub struct LivePool<DB: Backend = Sqlite> {
+pub struct LivePool<DB: Backend> {
     inner: Arc<Inner<DB>>,
+}
 }
 
 impl<DB: Backend> Clone for LivePool<DB> {
@@ -104,16 +105,18 @@ impl StatusWatch {
     }
 }
 
+sqlite_by_default! {
 /// The pool in service when the lease was taken, and its generation; from
 /// [`LivePool::lease`].
 ///
 /// Errors reported through it are tagged with that generation, so an error
 /// from a pool that was replaced meanwhile is [`Outcome::Stale`] and never
 /// reopens again.
-pub struct Lease<DB: Backend = Sqlite> {
+pub struct Lease<DB: Backend> {
     live: LivePool<DB>,
     generation: u64,
     pool: Pool<DB>,
+}
 }
 
 impl<DB: Backend> Clone for Lease<DB> {
@@ -332,23 +335,6 @@ impl<DB: Backend> LivePool<DB> {
     /// What the policy is doing now.
     pub fn status(&self) -> PoolStatus {
         self.inner.status.borrow().clone()
-    }
-
-    /// The generation in service, with its pool and what its backend recorded.
-    pub(crate) fn current(&self) -> Arc<Generation<DB>> {
-        self.inner.current()
-    }
-
-    /// Feeds a fatal finding (a probe's, say) about `generation` to the
-    /// policy. Like [`report_classified`](Self::report_classified), the
-    /// decision is taken when this is called; the future only waits for the
-    /// outcome, so a caller that must not wait for the heal drops it.
-    pub(crate) fn report_fault(
-        &self,
-        generation: u64,
-        fault: Fault,
-    ) -> impl Future<Output = Outcome> + Send + 'static {
-        self.inner.fatal(generation, fault)
     }
 
     /// The same pool behind a type-erased handle, for the layer and the

@@ -57,13 +57,13 @@ impl LivePoolBuilder<MySql> {
     /// The pool's `after_connect` is the crate's check; put per-connection
     /// settings in the connect options instead.
     pub async fn open(self) -> Result<LivePool<MySql>, sqlx::Error> {
-        let crate::live_pool::Source::Options { connect, pool } = self.source else {
+        let Some((connect, pool)) = self.source.into_options() else {
             return Err(sqlx::Error::Configuration(
                 "a MySQL LivePool is built from connect options".into(),
             ));
         };
         let (first, state) =
-            mysql::open_first(*connect, *pool, self.settings, self.config.reopen_timeout).await?;
+            mysql::open_first(connect, pool, self.settings, self.config.reopen_timeout).await?;
         let live = LivePool::start(first, state, self.config, Some(mysql::spawn_checks));
         mysql::attach(&live.policy());
         Ok(live)

@@ -63,14 +63,13 @@ impl LivePoolBuilder<Postgres> {
     /// settings in the connect options instead
     /// (`PgConnectOptions::options([("statement_timeout", "5s")])`).
     pub async fn open(self) -> Result<LivePool<Postgres>, sqlx::Error> {
-        let crate::live_pool::Source::Options { connect, pool } = self.source else {
+        let Some((connect, pool)) = self.source.into_options() else {
             return Err(sqlx::Error::Configuration(
                 "a Postgres LivePool is built from connect options".into(),
             ));
         };
         let (first, state, read_only) =
-            postgres::open_first(*connect, *pool, self.settings, self.config.reopen_timeout)
-                .await?;
+            postgres::open_first(connect, pool, self.settings, self.config.reopen_timeout).await?;
         let live = LivePool::start(first, state, self.config, Some(postgres::spawn_checks));
         postgres::attach(&live.policy(), read_only);
         Ok(live)

@@ -7,20 +7,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::Pool;
-
 use super::GaveUp;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// How a backend opens the pool again (the user's own reopen, or the
 /// default one with the first pool's options).
+#[cfg(feature = "sqlite")]
 pub(crate) type ReopenFn<DB> =
-    Arc<dyn Fn() -> BoxFuture<Result<Pool<DB>, sqlx::Error>> + Send + Sync>;
+    Arc<dyn Fn() -> BoxFuture<Result<sqlx::Pool<DB>, sqlx::Error>> + Send + Sync>;
 pub(crate) type GiveUpFn = Arc<dyn Fn(&GaveUp) + Send + Sync>;
 
 #[derive(Clone)]
 /// The policy's settings (nominally public for [`Policy::config`](super::Policy::config);
 /// unreachable from outside the crate).
+// Some settings are SQLite's alone.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub struct Config {
     pub(crate) recurrence_window: Duration,
     pub(crate) max_heals: usize,
@@ -70,6 +71,7 @@ impl Default for Config {
 
 /// Where and how long a rescue may run.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) struct RescueConfig {
     pub(crate) enabled: bool,
     /// Tried first when set.
@@ -104,6 +106,7 @@ pub(crate) fn deadline_after(after: Duration) -> Instant {
 
 /// What a reopen that did not return says: its panic's text, or that it
 /// was cancelled.
+#[cfg(feature = "sqlite")]
 pub(crate) fn panic_text(join: tokio::task::JoinError) -> String {
     if !join.is_panic() {
         return "the reopen was cancelled".to_owned();

@@ -266,6 +266,7 @@ impl FileFault {
 
     /// `true` when the main file at the path is still the one the pool has
     /// open and only a companion changed.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn is_companion(self) -> bool {
         matches!(
             self,

@@ -18,7 +18,9 @@ mod generation;
 pub(crate) use backend::PolicyRef;
 pub use backend::{Backend, Policy, Sealed, Triage};
 pub use class::{Code, ErrorClass};
-pub(crate) use config::{BoxFuture, Config, ReopenFn, RescueConfig, deadline_after, panic_text};
+pub(crate) use config::{BoxFuture, Config, deadline_after};
+#[cfg(feature = "sqlite")]
+pub(crate) use config::{ReopenFn, RescueConfig, panic_text};
 pub use fault::{Fault, FileFault, GaveUp, GiveUpReason, Healed, Outcome, PoolStatus};
 pub(crate) use finding::{Detail, Finding, STUCK_PROBES};
 pub use generation::Generation;

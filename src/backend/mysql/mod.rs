@@ -492,16 +492,23 @@ pub(crate) fn spawn_checks(inner: &PolicyRef<MySql>, mut stop: oneshot::Receiver
             if current.pool.is_closed() {
                 continue; // a heal is replacing it
             }
-            let Some(mut conn) = current.pool.try_acquire() else {
-                continue;
+            let found = match current.pool.try_acquire() {
+                Some(mut conn) => {
+                    let checked = tokio::time::timeout(ATTEMPT_BOUND, observe(&mut conn)).await;
+                    drop(conn);
+                    let Ok(Ok(found)) = checked else { continue };
+                    if found.writable() && !read_only {
+                        continue;
+                    }
+                    Some(found)
+                }
+                // Every connection busy (a saturated pool): while read-only,
+                // the endpoint alone tells whether the server takes writes
+                // again, so readiness does not wait for the load to drop.
+                None if read_only => None,
+                None => continue,
             };
-            let checked = tokio::time::timeout(ATTEMPT_BOUND, observe(&mut conn)).await;
-            drop(conn);
-            let Ok(Ok(found)) = checked else { continue };
-            if found.writable() && !read_only {
-                continue;
-            }
-            let verdict = assess(&*inner, &current, Some(found), ATTEMPT_BOUND).await;
+            let verdict = assess(&*inner, &current, found, ATTEMPT_BOUND).await;
             if let Some(heal) = act(&inner, current.number, &verdict) {
                 drop(heal);
             }
