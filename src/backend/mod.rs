@@ -12,13 +12,80 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+use std::future::Future;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 #[cfg(feature = "mysql")]
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::shared::{BoxFuture, ErrorClass, Outcome};
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use crate::shared::{Fault, Generation, GiveUpReason, PolicyRef, Sealed};
+
+/// One check of the database at a time, per generation, for errors whose
+/// code alone does not prove a fault (SQLite's IOERR from an attached file,
+/// Postgres's `25006`, MySQL's `1792`): reports that come while a check
+/// runs wait for its verdict instead of starting another, so a burst of
+/// errors from a busy pool costs one check, and an endpoint that makes such
+/// errors on purpose cannot keep the database busy with checks.
+#[derive(Default)]
+pub(crate) struct SingleCheck(Mutex<Option<Running>>);
+
+struct Running {
+    generation: u64,
+    done: watch::Receiver<Option<Outcome>>,
+}
+
+impl SingleCheck {
+    /// Joins the check of `generation` in flight, or spawns the one `check`
+    /// makes. Decided when called; the future only waits for the verdict.
+    pub(crate) fn join_or_start<F>(
+        &self,
+        generation: u64,
+        check: impl FnOnce() -> F,
+    ) -> BoxFuture<Outcome>
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let mut done = {
+            let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                // Still running: no verdict yet, and its task alive.
+                Some(running)
+                    if running.generation == generation
+                        && running.done.borrow().is_none()
+                        && running.done.has_changed().is_ok() =>
+                {
+                    running.done.clone()
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    *slot = Some(Running {
+                        generation,
+                        done: rx.clone(),
+                    });
+                    let check = check();
+                    tokio::spawn(async move {
+                        let _ = tx.send(Some(check.await));
+                    });
+                    rx
+                }
+            }
+        };
+        Box::pin(async move {
+            match done.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome
+                    .clone()
+                    .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
+                // The check's task vanished (the runtime is shutting down).
+                Err(_) => Outcome::Ignored(ErrorClass::Transient),
+            }
+        })
+    }
+}
 
 /// A pause in `[max / 2, max]`: spread (a fleet does not act in one
 /// burst), and never much shorter than a back-off asks for.

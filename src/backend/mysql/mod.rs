@@ -36,6 +36,7 @@ use writable::{
     ATTEMPT_BOUND, Observed, direct_within, gated, observe, server_cell, wait_for_writable,
 };
 
+use super::SingleCheck;
 use super::jitter;
 use crate::shared::{
     Backend, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, Policy,
@@ -66,6 +67,8 @@ pub struct MySqlState {
     /// One direct connection through the endpoint at a time (the checks of
     /// a pool whose server does not take writes).
     direct: Semaphore,
+    /// One confirmation of a write's read-only error at a time.
+    checks: SingleCheck,
 }
 
 /// Where a gate finds the policy to report to.
@@ -113,13 +116,10 @@ impl Sealed for MySql {
         // 1290 with --read-only is the server's own word; 1792 and 1036
         // also come from an application's READ ONLY transaction or table.
         let proof = number == 1290 && read_only;
-        Triage::Check(tokio::spawn(confirm(
-            Arc::clone(inner),
-            generation,
-            number,
-            proof,
-            err.to_string(),
-        )))
+        let (policy, message) = (Arc::clone(inner), err.to_string());
+        Triage::Wait(inner.state().checks.join_or_start(generation, move || {
+            confirm(policy, generation, number, proof, message)
+        }))
     }
 
     async fn replace(
@@ -532,6 +532,7 @@ pub(crate) async fn open_first(
         settings,
         policy: MySqlPolicyCell::default(),
         direct: Semaphore::new(1),
+        checks: SingleCheck::default(),
     };
     let deadline = deadline_after(reopen_timeout);
     wait_for_writable(&state.connect, deadline, || false, |_, _| {})

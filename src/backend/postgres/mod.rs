@@ -16,20 +16,21 @@ mod writable;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use writable::{
     ATTEMPT_BOUND, Primary, Writability, gated, jitter, spread, wait_for_primary, writability,
 };
 
+use super::SingleCheck;
 use crate::shared::{
-    Backend, BoxFuture, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason,
-    Outcome, Policy, PolicyRef, PoolStatus, Sealed, Triage, class, deadline_after,
+    Backend, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, Policy,
+    PolicyRef, PoolStatus, Sealed, Triage, class, deadline_after,
 };
 
 /// What a Postgres [`LivePool`](crate::LivePool) expects of the server behind it; see
@@ -74,12 +75,7 @@ pub struct PgState {
     /// The confirmation of a read-only error in flight, if any: one per
     /// generation at a time, which every report joins (a bound on the
     /// direct connections the crate opens however many writes fail).
-    confirming: Mutex<Option<Confirming>>,
-}
-
-struct Confirming {
-    generation: u64,
-    done: watch::Receiver<Option<Outcome>>,
+    checks: SingleCheck,
 }
 
 /// Where a gate finds the policy to report to.
@@ -122,16 +118,10 @@ impl Sealed for Postgres {
             return Triage::Ignored(ErrorClass::Transient);
         }
         let sqlstate = String::from_utf8_lossy(&sqlstate).into_owned();
-        let mut done = confirmation(inner, generation, sqlstate, err.to_string());
-        Triage::Wait(Box::pin(async move {
-            match done.wait_for(Option::is_some).await {
-                Ok(outcome) => outcome
-                    .clone()
-                    .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
-                // The confirmation task vanished (the runtime is shutting down).
-                Err(_) => Outcome::Ignored(ErrorClass::Transient),
-            }
-        }) as BoxFuture<Outcome>)
+        let (policy, message) = (Arc::clone(inner), err.to_string());
+        Triage::Wait(inner.state().checks.join_or_start(generation, move || {
+            confirm(policy, generation, sqlstate, message)
+        }))
     }
 
     async fn replace(
@@ -158,41 +148,6 @@ impl Sealed for Postgres {
     async fn probe(policy: &PolicyRef<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
         probe(policy, bound, stuck).await
     }
-}
-
-/// Joins the confirmation in flight for `generation`, or starts one (one
-/// task, whatever the number of reports that join it).
-fn confirmation(
-    inner: &PolicyRef<Postgres>,
-    generation: u64,
-    sqlstate: String,
-    message: String,
-) -> watch::Receiver<Option<Outcome>> {
-    let mut slot = inner
-        .state()
-        .confirming
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    // Joined while it runs: no outcome yet, and its task still alive.
-    if let Some(running) = slot.as_ref()
-        && running.generation == generation
-        && running.done.borrow().is_none()
-        && running.done.has_changed().is_ok()
-    {
-        return running.done.clone();
-    }
-    let (tx, rx) = watch::channel(None);
-    *slot = Some(Confirming {
-        generation,
-        done: rx.clone(),
-    });
-    drop(slot);
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        let outcome = confirm(inner, generation, sqlstate, message).await;
-        let _ = tx.send(Some(outcome));
-    });
-    rx
 }
 
 /// A `25006`/`0A000` is fatal only if the server is in recovery: the
@@ -565,7 +520,7 @@ pub(crate) async fn open_first(
         pool,
         settings,
         policy: PolicyCell::default(),
-        confirming: Mutex::new(None),
+        checks: SingleCheck::default(),
     };
     let deadline = deadline_after(spread(reopen_timeout));
     if state.settings.expect == Expect::Writable {

@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Sqlite, SqliteConnection};
-use tokio::sync::watch;
 
 use super::generation::{FS_BOUND, Schema, open_files};
 use super::identity::{DbFile, FileFault};
 use super::rescue;
 use crate::blocking;
 use crate::shared::{
-    ErrorClass, Fault, Generation, GiveUpReason, Outcome, Policy, PoolStatus, RescueConfig, class,
-    panic_text,
+    BoxFuture, ErrorClass, Fault, Generation, GiveUpReason, Outcome, Policy, PoolStatus,
+    RescueConfig, class, panic_text,
 };
 
 /// How long the read of the main database that confirms a fatal-class
@@ -73,35 +72,13 @@ impl dyn Policy<Sqlite> {
     /// NOTADB): decided off the request path by the file identity and a
     /// read of the main database. Errors that come while a check runs wait
     /// for its verdict instead of starting another.
-    pub(crate) fn confirm(
-        self: Arc<Self>,
-        generation: u64,
-        fault: Fault,
-    ) -> tokio::task::JoinHandle<Outcome> {
-        let mut slot = self
-            .state()
-            .confirming
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(running) = slot.as_ref().filter(|rx| rx.borrow().is_none()) {
-            let mut running = running.clone();
-            return tokio::spawn(async move {
-                match running.wait_for(Option::is_some).await {
-                    Ok(outcome) => outcome
-                        .clone()
-                        .unwrap_or(Outcome::Ignored(ErrorClass::Transient)),
-                    Err(_) => Outcome::Ignored(ErrorClass::Transient),
-                }
-            });
-        }
-        let (tx, rx) = watch::channel(None);
-        *slot = Some(rx);
-        drop(slot);
-        tokio::spawn(async move {
-            let outcome = self.confirm_now(generation, fault).await;
-            let _ = tx.send(Some(outcome.clone()));
-            outcome
-        })
+    pub(crate) fn confirm(self: Arc<Self>, generation: u64, fault: Fault) -> BoxFuture<Outcome> {
+        let policy = Arc::clone(&self);
+        self.state()
+            .checks
+            .join_or_start(generation, move || async move {
+                policy.confirm_now(generation, fault).await
+            })
     }
 
     async fn confirm_now(self: &Arc<Self>, generation: u64, fault: Fault) -> Outcome {

@@ -23,10 +23,11 @@ pub(crate) use generation::{
 };
 pub use identity::FileFault;
 
+use super::SingleCheck;
 use crate::blocking;
 use crate::shared::{
-    Backend, Code, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, PolicyRef,
-    ReopenFn, Sealed, Triage,
+    Backend, Code, ErrorClass, Fault, Finding, Generation, GiveUpReason, PolicyRef, ReopenFn,
+    Sealed, Triage,
 };
 
 /// SQLite's primary CANTOPEN result code.
@@ -47,14 +48,14 @@ pub struct SqliteState {
     /// errors that come meanwhile wait for its verdict instead of starting
     /// more (an endpoint that attaches users' files must not be a way to
     /// keep the database busy with checks).
-    pub(crate) confirming: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Option<Outcome>>>>,
+    pub(crate) checks: SingleCheck,
 }
 
 impl SqliteState {
     pub(crate) fn new(reopen: ReopenFn<Sqlite>) -> Self {
         SqliteState {
             reopen,
-            confirming: std::sync::Mutex::new(None),
+            checks: SingleCheck::default(),
         }
     }
 }
@@ -96,7 +97,7 @@ impl Sealed for Sqlite {
             Some(code)
                 if code != READONLY_DBMOVED && OTHER_FILE_POSSIBLE.contains(&(code & 0xff)) =>
             {
-                Triage::Check(Arc::clone(inner).confirm(generation, fault))
+                Triage::Wait(Arc::clone(inner).confirm(generation, fault))
             }
             // READONLY_DBMOVED (1032) is about the pool's own file; a crashed
             // worker is the pool's own connection.
