@@ -430,6 +430,7 @@ impl HealthService {
                 fault,
                 attempts,
                 code,
+                temporary_copy,
                 ..
             } => {
                 let why = match code {
@@ -437,17 +438,27 @@ impl HealthService {
                     Some(code) => format!(" (SQLite code {code})"),
                     None => String::new(),
                 };
-                let text = |fault: String| {
-                    format!(
+                let text = |fault: String, copy: Option<String>| match &copy {
+                    // Saved, but where a restart may lose it: what to do.
+                    Some(copy) => format!(
+                        "the dead database's data is not saved durably yet: no place near the database can be trusted, \
+                         a copy is only in the temporary directory{copy}, which a restart may lose; {attempts} rescue attempts, \
+                         retrying (after: {fault}). Copy it somewhere safe; set rescue_dir to a persistent directory of this user"
+                    ),
+                    None => format!(
                         "the dead database's data is not saved yet: {attempts} rescue attempts failed{why}; \
                          retrying (after: {fault}); a restart would lose it"
-                    )
+                    ),
+                };
+                let (safe_copy, full_copy) = match temporary_copy {
+                    Some(path) => (Some(String::new()), Some(format!(" ({})", path.display()))),
+                    None => (None, None),
                 };
                 (
                     State::RescuePending,
                     Some(Detail {
-                        safe: text(safe_fault(fault)),
-                        full: text(fault.to_string()),
+                        safe: text(safe_fault(fault), safe_copy),
+                        full: text(fault.to_string(), full_copy),
                     }),
                 )
             }
