@@ -320,7 +320,8 @@
 //! with `PoolClosed`), writes in flight get
 //! [`drain_timeout`](LivePoolBuilder::drain_timeout) to finish, and the
 //! rescue runs on a connection opened before the fault. A rescue that fails
-//! (a full disk) is retried with back-off while the dead handle is kept open
+//! (a full disk, or a copy that could only go to the temporary directory,
+//! which a restart may lose) is retried with back-off while the dead handle is kept open
 //! and readiness answers `fail` ([`PoolStatus::RescueFailing`]; liveness
 //! stays 200: a restart would lose the data): nothing is
 //! healed or exited until a rescue is saved. Then the dead file is

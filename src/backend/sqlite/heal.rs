@@ -504,7 +504,8 @@ async fn leave_marker(
     let how = match written {
         Ok(Ok(Some(marker))) => {
             let how = format!(
-                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored                  (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
+                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored \
+                 (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
                 marker.display()
             );
             tracing::error!(database = %db, rescue = %rescue, marker = %marker.display(), "{how}");
@@ -514,7 +515,8 @@ async fn leave_marker(
         Ok(Err(err)) => {
             tracing::error!(database = %db, rescue = %rescue, error = %err, "the restore marker could not be written");
             format!(
-                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start,                  which would otherwise open an empty database"
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start, \
+                 which would otherwise open an empty database"
             )
         }
         Err(stuck) => {

@@ -4,11 +4,13 @@
 //! When the policy gives up after rescuing a database that is no longer at
 //! its path (deleted, moved, its directory removed), it writes a marker
 //! next to the rescue, in the crate's private rescue directory
-//! (`<parent>/<file name>.rescues/<file name>.restore-needed-<hash of the
-//! path>`). The next [`open`](crate::LivePoolBuilder::open) of that path
-//! looks for it in the configured rescue directory and under every
-//! ancestor of the path, and refuses to open, whatever `create_if_missing`
-//! says, until one of:
+//! (`<that directory>/<file name>.restore-needed-<hash of the path>`). The
+//! next [`open`](crate::LivePoolBuilder::open) of that path looks for it in
+//! this database's private directories (see [`rescue::dir_name`], and the
+//! fresh names used when a name was taken) in the configured rescue
+//! directory, under every ancestor of the path and in the temporary
+//! directory, and refuses to open, whatever `create_if_missing` says, until
+//! one of:
 //!
 //! * the rescue is at the path (moved there with `mv`, or put there by
 //!   [`LivePool::restore_rescue`](crate::LivePool::restore_rescue)): the

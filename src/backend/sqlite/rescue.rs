@@ -11,7 +11,11 @@
 //! `VACUUM INTO` opens its target by name, so the name must lead to the
 //! crate's own file for as long as SQLite writes it, whoever else can write
 //! nearby. The trust comes from the directory: a rescue is only ever written
-//! into `<parent>/<database file name>.rescues/`, a directory
+//! into the crate's private directory under a parent,
+//! `<parent>/<database file name>.rescues/` in the database's own directory,
+//! `<parent>/<file name>.<hash of its path>.rescues/` in a place other
+//! databases of that name may share (so retention and listings stay with
+//! one database), a directory
 //!
 //! * reached from `/` one component at a time without following a symlink,
 //!   through directories that only root or the process's user can change
@@ -19,7 +23,10 @@
 //!   user's entry): nobody else can swap any directory on the way;
 //! * created by the crate with `mkdirat` (or found), opened with
 //!   `O_NOFOLLOW` and verified on its descriptor: a directory, owned by the
-//!   process's user, mode 0700, so nobody else can enter it.
+//!   process's user, mode 0700, so nobody else can enter it. When its name
+//!   is taken by anything else (in a sticky `/tmp` anyone can take a name
+//!   first), `<name>.<16 random hex digits>` is used instead: a squatter
+//!   cannot stop a rescue.
 //!
 //! In it the crate creates the target with `O_CREAT | O_EXCL | O_NOFOLLOW`,
 //! mode 0600, and keeps the descriptor. After the copy it verifies, on the
@@ -36,6 +43,10 @@
 //! way), the nearest existing directory *above* the database's directory
 //! before the database's directory itself, so the removal completes and the
 //! rescue survives it; for other faults the database's directory first.
+//! When none of them can be trusted, the system's temporary directory: a
+//! copy there is not durable (a restart in a new container, with a tmpfs
+//! `/tmp` or `PrivateTmp`, loses it) unless the database lives there too,
+//! so it is reported but not counted as saved, and the rescue is retried.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -360,9 +371,10 @@ fn places(configured: Option<&Path>, db_path: &Path, fault: Option<FileFault>) -
 
 /// The last resort when no place near the database can be trusted or
 /// written (a root process with its database in another user's directory,
-/// say): the system's temporary directory, sticky like /tmp. Better a
-/// rescue there than none; the log and the give-up name it. Not tried when
-/// a place failed for another reason (a full disk): that is retried.
+/// a Kubernetes `fsGroup` volume, say): the system's temporary directory,
+/// sticky like /tmp. Better a copy there than none, but unless the database
+/// lives there too it is not a saved rescue (see [`rescue`]). Not tried
+/// when a place failed for another reason (a full disk): that is retried.
 fn last_resort() -> PathBuf {
     std::env::temp_dir()
 }
@@ -627,7 +639,8 @@ struct Target {
 }
 
 impl Target {
-    /// Creates `<parent>/<db>.rescues/<db>.rescued-<stamp>-<random>.db`,
+    /// Creates `<private dir>/<db>.rescued-<stamp>-<random>.db` (see
+    /// [`dir_name`] and [`PrivateDir::make`]),
     /// mode 0600, never reusing an existing name or following a link.
     fn create(parent: &Path, db_path: &Path) -> io::Result<Self> {
         let dir = PrivateDir::make(parent, &dir_name(parent, db_path))?;
