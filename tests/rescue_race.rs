@@ -328,5 +328,7 @@ async fn with_no_trusted_place_nearby_the_rescue_goes_to_the_temporary_directory
             std::fs::remove_file(path)?;
         }
     }
+    // Named after this database's path: nobody else's.
+    std::fs::remove_dir(&private)?;
     Ok(())
 }
