@@ -92,14 +92,31 @@ async fn write_rows(live: &LivePool) -> TestResult {
     Ok(())
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Removal {
+    /// The database's files unlinked.
+    Unlink,
+    /// The database's directory removed.
+    RmRf,
+}
+
 /// (a) A Kubernetes `fsGroup` volume: the data directory is group-writable
 /// (2775) under a directory of another user, so no place near the database
-/// can be trusted, and the database is not in the temporary directory. The
-/// copy there is not a saved rescue: the dead handle is kept (liveness
-/// passes, readiness fails naming the copy), the copy is taken once, and
-/// the policy gives up only after the operator made a durable place.
+/// can be trusted (nor, once the data directory is removed, above it), and
+/// the database is not in the temporary directory. The copy there is not a
+/// saved rescue: the dead handle is kept (liveness passes, readiness fails
+/// naming the copy), the copy is taken once, and the policy gives up only
+/// after the operator made a durable place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_only_in_the_temporary_directory_is_not_a_saved_rescue() -> TestResult {
+    for removal in [Removal::Unlink, Removal::RmRf] {
+        only_a_temporary_copy(removal).await?;
+    }
+    Ok(())
+}
+
+async fn only_a_temporary_copy(removal: Removal) -> TestResult {
+    eprintln!("{removal:?}");
     // A persistent volume: not under the temporary directory.
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let volume = root.path().join("volume");
@@ -118,7 +135,10 @@ async fn a_copy_only_in_the_temporary_directory_is_not_a_saved_rescue() -> TestR
     write_rows(&live).await?;
 
     let mut status = live.subscribe();
-    db.unlink_files()?;
+    match removal {
+        Removal::Unlink => db.unlink_files()?,
+        Removal::RmRf => db.rm_rf_dir()?,
+    }
     let check = tokio::spawn({
         let live = live.clone();
         async move { live.check_file().await }
