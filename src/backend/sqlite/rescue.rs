@@ -518,8 +518,11 @@ impl PrivateDir {
         name: &str,
         taken: &io::Error,
     ) -> io::Result<Self> {
-        // One made earlier: this database's rescues stay together.
-        let earlier = std::fs::read_dir(parent)?
+        // One made earlier: this database's rescues stay together. (A
+        // parent that cannot be listed: a new one.)
+        let earlier = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|entry| is_fallback(entry, name))
