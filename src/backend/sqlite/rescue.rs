@@ -828,6 +828,33 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_name_falls_back_to_a_private_directory_that_is_found() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let shared = root.path().join("rescues");
+        std::fs::create_dir(&shared)?;
+        let db = root.path().join("a/app.db");
+        let name = dir_name(&shared, &db);
+        // Not a directory of ours: a file at the name.
+        std::fs::write(shared.join(&name), b"taken")?;
+        let first = Target::create(&shared, &db)?;
+        let used = first
+            .dir
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        assert!(
+            used.as_deref().is_some_and(|n| is_fallback(n, &name)),
+            "{used:?}"
+        );
+        // The same one again, so retention sees every rescue together.
+        let second = Target::create(&shared, &db)?;
+        assert_eq!(first.dir.path, second.dir.path);
+        let listed = super::super::marker::leftovers(&db, Some(&shared));
+        assert_eq!(listed.files.len(), 2, "{listed:?}");
+        Ok(())
+    }
+
+    #[test]
     fn places_are_ordered_and_distinct() -> io::Result<()> {
         let root = tempfile::tempdir()?;
         let data = root.path().join("data");
