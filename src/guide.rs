@@ -360,7 +360,8 @@
 //! file was deleted, moved or replaced by another application's database,
 //! or the fault came back on the fresh pool. Before it exits it saves what
 //! the dead handle still sees into a rescue file in a private directory
-//! (`<file>.rescues/`, mode 0700; the give-up's reason and
+//! (`<file>.rescues/` next to the database, `<file>.<hash>.rescues/`
+//! elsewhere, mode 0700; the give-up's reason and
 //! [`GaveUp::rescue`](crate::GaveUp) say where), and, when the database is
 //! no longer at its path, a marker next to the rescue. The supervisor then
 //! starts the app again with the same configuration:

@@ -84,7 +84,7 @@
 //! | `transient` | a lock held elsewhere (SQLite BUSY), an exhausted pool, a probe with no answer within the timeout, CANTOPEN with the file in place (a descriptor shortage) | `pass` | `warn` | 503 + `Retry-After` if it fails | 503 + `Retry-After` if it fails |
 //! | `healing` | a fatal finding; the pool is being reopened (milliseconds on SQLite) | `warn` | `warn`; `fail` once the heal has run longer than the layer's default hold (2 s: the rescue of a large file) | held by the layer, then served by the new pool (503 past the hold) | held, then served (503 past the hold) |
 //! | `awaiting_primary` | Postgres, MySQL: the heal waits for a server that takes writes (a failover in progress) | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
-//! | `rescue_pending` | SQLite: the dead file's data is not saved yet, the rescue keeps failing (a full disk); the dead handle is kept | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
+//! | `rescue_pending` | SQLite: the dead file's data is not saved yet, the rescue keeps failing (a full disk), or only a copy in the temporary directory was possible (no trusted place near the database; a restart may lose it); the dead handle is kept | `warn` | `fail` | 503 + `Retry-After` | 503 + `Retry-After` |
 //! | `read_only` | read-only in place: a Postgres primary with `default_transaction_read_only`, a read-only role or database; a MySQL server with `read_only` whose endpoint still leads to it; a SQLite file or directory that cannot be written ([`PoolStatus::ReadOnly`]) | `warn` | `warn` (routing reads away would make the outage bigger) | 503 + `Retry-After` | served |
 //! | `not_answering` | the probe's check did not answer within half the timeout: a hung mount, a black-holed server | `pass` | `warn`, `fail` from the third probe in a row | waits, then fails | waits, then fails |
 //! | `unavailable` | the probe found the database dead or unreadable (its fatal findings start a heal), or the pool in service is closed | `pass` | `fail` | fails | fails |
@@ -426,6 +426,7 @@ impl HealthService {
                 fault,
                 attempts,
                 code,
+                temporary_copy,
                 ..
             } => {
                 let why = match code {
@@ -433,17 +434,27 @@ impl HealthService {
                     Some(code) => format!(" (SQLite code {code})"),
                     None => String::new(),
                 };
-                let text = |fault: String| {
-                    format!(
+                let text = |fault: String, copy: Option<String>| match &copy {
+                    // Saved, but where a restart may lose it: what to do.
+                    Some(copy) => format!(
+                        "the dead database's data is not saved durably yet: no place near the database can be trusted, \
+                         a copy is only in the temporary directory{copy}, which a restart may lose; {attempts} rescue attempts, \
+                         retrying (after: {fault}). Copy it somewhere safe; set rescue_dir to a persistent directory of this user"
+                    ),
+                    None => format!(
                         "the dead database's data is not saved yet: {attempts} rescue attempts failed{why}; \
                          retrying (after: {fault}); a restart would lose it"
-                    )
+                    ),
+                };
+                let (safe_copy, full_copy) = match temporary_copy {
+                    Some(path) => (Some(String::new()), Some(format!(" ({})", path.display()))),
+                    None => (None, None),
                 };
                 (
                     State::RescuePending,
                     Some(Detail {
-                        safe: text(safe_fault(fault)),
-                        full: text(fault.to_string()),
+                        safe: text(safe_fault(fault), safe_copy),
+                        full: text(fault.to_string(), full_copy),
                     }),
                 )
             }

@@ -306,7 +306,7 @@
 //!
 //! | fault | what SQLite does | what this crate does |
 //! |---|---|---|
-//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) into the crate's private `<file>.rescues/` directory above the removed one (so the `rm -rf` completes), nothing can be reattached, the policy exits, and the next start refuses to open the path until the rescue is restored. |
+//! | directory deleted (`rm -rf`) | WAL: writes are acknowledged into the unlinked file, no error at all. DELETE: writes fail with 1032, reads succeed. New connections fail with 14. | The watchdog sees the file gone, the rescue copies every row the old handle can see (WAL-only commits and writes acknowledged after the deletion included) into the crate's private `<file>.<hash of the path>.rescues/` directory above the removed one (so the `rm -rf` completes), nothing can be reattached, the policy exits, and the next start refuses to open the path until the rescue is restored. |
 //! | file unlinked or renamed, directory renamed | as above; a renamed file keeps its rows | Rescue, then exit: nothing is created at the path. |
 //! | a backup renamed over the file (a restore) | old connections keep using the old inode; a new connection would open the restore with the old `-wal` and replay it | Rescue the old inode, rename its `-wal`/`-shm` aside (`<name>-wal.stale-<stamp>-<random>`, never deleted), heal onto the restore, which keeps exactly its rows. |
 //! | `-wal` or `-shm` deleted alone | WAL: writes acknowledged into the unlinked log, lost at the next restart | The identity check covers the companions: rescue, exit. |
@@ -320,7 +320,8 @@
 //! with `PoolClosed`), writes in flight get
 //! [`drain_timeout`](LivePoolBuilder::drain_timeout) to finish, and the
 //! rescue runs on a connection opened before the fault. A rescue that fails
-//! (a full disk) is retried with back-off while the dead handle is kept open
+//! (a full disk, or a copy that could only go to the temporary directory,
+//! which a restart may lose) is retried with back-off while the dead handle is kept open
 //! and readiness answers `fail` ([`PoolStatus::RescueFailing`]; liveness
 //! stays 200: a restart would lose the data): nothing is
 //! healed or exited until a rescue is saved. Then the dead file is

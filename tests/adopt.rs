@@ -335,7 +335,7 @@ async fn the_example_rescues_and_exits_1_when_its_directory_is_deleted() -> Test
     assert_eq!(status.code(), Some(1), "stderr:\n{}", example.log());
 
     // In the crate's private rescue directory, above the removed one.
-    let rescues_dir = std::fs::canonicalize(db.root.path())?.join("app.db.rescues");
+    let rescues_dir = common::shared_rescues_dir(db.root.path())?;
     let rescues: Vec<_> = std::fs::read_dir(&rescues_dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())

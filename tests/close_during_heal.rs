@@ -89,7 +89,7 @@ async fn close_during_a_heal_waits_for_the_rescue() -> TestResult {
     let took = started.elapsed();
     // ...and the process exits here. What is on disk now is all there is.
     let rescues = rescues_in(&[
-        &db.root.path().join("app.db.rescues"),
+        &common::shared_rescues_dir(db.root.path()).unwrap_or_default(),
         &db.dir.join("app.db.rescues"),
     ]);
     let mut rescued = 0;

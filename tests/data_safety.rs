@@ -308,7 +308,7 @@ async fn a_write_committed_after_the_drain_is_rescued() -> TestResult {
     tokio::time::timeout(WAIT, live.close()).await?;
 
     let mut found = false;
-    let rescues = std::fs::canonicalize(db.root.path())?.join("app.db.rescues");
+    let rescues = common::shared_rescues_dir(db.root.path())?;
     for rescue in files_starting(&rescues, "app.db.rescued-")? {
         found |= bodies_in_file(&rescue)
             .await?

@@ -209,13 +209,14 @@ async fn scenario(
 }
 
 fn assert_rescue_location(db: &TestDb, kind: Kind, rescue: &Path) -> TestResult {
-    let expected_parent = match kind {
+    let expected_dir = match kind {
         // The file or its directory was removed (an `rm -rf` may be under
         // way): outside the database's directory, so the removal completes.
-        Kind::RmRfDir | Kind::RenameDir | Kind::UnlinkFiles | Kind::RenameFile => db.root.path(),
-        Kind::ReplaceFile => db.dir.as_path(),
+        Kind::RmRfDir | Kind::RenameDir | Kind::UnlinkFiles | Kind::RenameFile => {
+            common::shared_rescues_dir(db.root.path())?
+        }
+        Kind::ReplaceFile => std::fs::canonicalize(&db.dir)?.join("app.db.rescues"),
     };
-    let expected_dir = std::fs::canonicalize(expected_parent)?.join("app.db.rescues");
     assert_eq!(rescue.parent(), Some(expected_dir.as_path()), "{kind:?}");
     let name = rescue
         .file_name()

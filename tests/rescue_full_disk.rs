@@ -158,6 +158,7 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
         fault,
         attempts,
         code,
+        temporary_copy,
     } = failing
     else {
         return Err(format!("expected a failing rescue, got {failing:?}").into());
@@ -166,6 +167,7 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
     assert_eq!(fault, Fault::File(FileFault::Deleted));
     assert!(attempts >= 2, "{attempts}");
     assert_eq!(code, Some(13), "SQLITE_FULL from VACUUM INTO");
+    assert_eq!(temporary_copy, None, "no place was untrusted");
     // Each failed attempt is counted for the operator's dashboard.
     #[cfg(feature = "metrics")]
     {
@@ -237,7 +239,7 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
     );
     assert!(exits.next().await.is_some(), "the exit action ran");
     let rescue = gave_up.rescue.ok_or("no rescue")?;
-    let private = std::fs::canonicalize(&rescue_dir)?.join("app.db.rescues");
+    let private = common::shared_rescues_dir(&rescue_dir)?;
     assert_eq!(rescue.parent(), Some(private.as_path()), "{rescue:?}");
 
     // Every acknowledged row, the 10 written after the deletion included.
@@ -263,7 +265,10 @@ async fn a_rescue_on_a_full_disk_holds_the_dead_handle_until_space_is_freed() ->
             .any(|n| n.starts_with("app.db.restore-needed-")),
         "the restore marker: {in_private:?}"
     );
-    assert_eq!(entries(&rescue_dir)?, vec!["app.db.rescues".to_owned()]);
+    let private_name = private
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    assert_eq!(entries(&rescue_dir)?, Vec::from_iter(private_name));
     assert_eq!(entries(disk.path())?, vec!["rescue".to_owned()]);
 
     live.close().await;

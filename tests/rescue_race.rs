@@ -293,8 +293,20 @@ async fn with_no_trusted_place_nearby_the_rescue_goes_to_the_temporary_directory
     assert!(exits.next().await.is_some());
     live.close().await;
     let rescue = gave_up.rescue.ok_or("no rescue")?;
-    let private = std::fs::canonicalize(std::env::temp_dir())?.join("app.db.rescues");
-    assert_eq!(rescue.parent(), Some(private.as_path()));
+    // Named after this database's path: the temporary directory is shared.
+    let private = rescue.parent().ok_or("no parent")?.to_path_buf();
+    assert_eq!(
+        private.parent(),
+        Some(std::fs::canonicalize(std::env::temp_dir())?.as_path())
+    );
+    let private_name = private
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert!(
+        private_name.starts_with("app.db.") && private_name.ends_with(".rescues"),
+        "{private_name}"
+    );
     assert_no_one_else_can_change(&rescue)?;
     assert_eq!(count_in_file(&rescue).await?, 1);
     let refused = tower_db_liveness::LivePool::check_pending_rescue(
@@ -316,5 +328,7 @@ async fn with_no_trusted_place_nearby_the_rescue_goes_to_the_temporary_directory
             std::fs::remove_file(path)?;
         }
     }
+    // Named after this database's path: nobody else's.
+    std::fs::remove_dir(&private)?;
     Ok(())
 }

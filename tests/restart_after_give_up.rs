@@ -284,7 +284,7 @@ async fn rm_rf_while_serving_five_runs_per_journal_mode() -> TestResult {
             );
             // Every acknowledged note is in a rescue outside the directory
             // (the last one, after the seal, holds them all).
-            let rescues_dir = std::fs::canonicalize(db.root.path())?.join("app.db.rescues");
+            let rescues_dir = common::shared_rescues_dir(db.root.path())?;
             let mut best: Vec<String> = Vec::new();
             for entry in std::fs::read_dir(&rescues_dir)? {
                 let path = entry?.path();

@@ -124,15 +124,25 @@ impl LivePoolBuilder<Sqlite> {
 
     /// The directory tried first for rescue files. Default: none.
     ///
-    /// Rescues go into the crate's private `<file>.rescues/` directory
-    /// (mode 0700) made under the first place that qualifies: this one;
+    /// Rescues go into the crate's private directory (mode 0700;
+    /// `<file>.rescues/` in the database's own directory,
+    /// `<file>.<hash of the path>.rescues/` anywhere else, so databases of
+    /// one name never mix; `<that name>.<random>` when another user took the
+    /// name) made under the first place that qualifies: this one;
     /// then, for a deleted or moved file, the nearest existing directory
     /// above the database's directory before the database's directory
     /// itself (an `rm -rf` of it completes); for other faults the
     /// database's directory first. A place qualifies only when nobody but
     /// root and the service's user can change any directory on the way
     /// (sticky ones such as `/tmp` excepted). When none can be trusted or
-    /// written, the system's temporary directory is the last resort.
+    /// written, the system's temporary directory is the last resort, and a
+    /// copy there does not count as saved (a restart may lose it) unless
+    /// the database lives there too: the dead handle is kept
+    /// ([`PoolStatus::RescueFailing`](crate::PoolStatus) with its
+    /// `temporary_copy`, readiness `fail`) and a durable place retried. This
+    /// directory counts as durable wherever it is, the temporary directory
+    /// included: set it on a persistent volume where the data directory is
+    /// group-writable (a Kubernetes `fsGroup` volume).
     pub fn rescue_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.rescue.dir = Some(dir.into());
         self

@@ -192,6 +192,13 @@ pub enum PoolStatus {
         attempts: u32,
         /// SQLite's result code of the last failure, if any (13: disk full).
         code: Option<i32>,
+        /// A copy saved only in the system's temporary directory, when no
+        /// place near the database could be trusted: a restart (a new
+        /// container, a tmpfs `/tmp`, systemd's `PrivateTmp`) may lose it,
+        /// so it does not count as saved. Copy it somewhere safe; the rescue
+        /// completes once a durable place takes it (see
+        /// [`LivePoolBuilder::rescue_dir`](crate::LivePoolBuilder::rescue_dir)).
+        temporary_copy: Option<PathBuf>,
     },
     /// A heal of `generation` is waiting for a server that takes writes
     /// (Postgres, MySQL: the failover has not produced a reachable writable

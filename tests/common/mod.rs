@@ -113,6 +113,30 @@ impl TestDb {
     }
 }
 
+/// The crate's private rescue directory for an `app.db` under `parent`, a
+/// place other than the database's own directory (an ancestor, a
+/// `rescue_dir`), where its name carries a hash of the database's path:
+/// `app.db.<hash>.rescues`, the only one there.
+pub fn shared_rescues_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    let parent = std::fs::canonicalize(parent)?;
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&parent)?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .is_some_and(|n| n.starts_with("app.db.") && n.ends_with(".rescues"))
+        })
+        .collect();
+    match (found.pop(), found.is_empty()) {
+        (Some(dir), true) => Ok(dir),
+        _ => Err(std::io::Error::other(format!(
+            "not exactly one app.db.<hash>.rescues in {}",
+            parent.display()
+        ))),
+    }
+}
+
 pub fn companion(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);

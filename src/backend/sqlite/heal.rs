@@ -485,7 +485,8 @@ async fn leave_marker(
     let how = match written {
         Ok(Ok(Some(marker))) => {
             let how = format!(
-                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored                  (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
+                "its data is saved in {rescue}; the next start refuses to open {db} until it is restored \
+                 (mv '{rescue}' '{db}', or LivePool::restore_rescue) or {} is removed to start empty",
                 marker.display()
             );
             tracing::error!(database = %db, rescue = %rescue, marker = %marker.display(), "{how}");
@@ -495,7 +496,8 @@ async fn leave_marker(
         Ok(Err(err)) => {
             tracing::error!(database = %db, rescue = %rescue, error = %err, "the restore marker could not be written");
             format!(
-                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start,                  which would otherwise open an empty database"
+                "its data is saved in {rescue}; restore it (mv '{rescue}' '{db}') before the next start, \
+                 which would otherwise open an empty database"
             )
         }
         Err(stuck) => {
@@ -584,13 +586,21 @@ async fn rescue_with_retries(
 ) -> PathBuf {
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
+    // A copy only in the temporary directory, and the data version it
+    // holds: taken again only when a write changed the data since.
+    let mut temporary: Option<(PathBuf, Option<i64>)> = None;
     loop {
+        // Read before the attempt: a commit after it makes the next one
+        // copy again.
+        let version = data_version(conn).await;
+        let copy_to_temporary = temporary.as_ref().is_none_or(|(_, held)| *held != version);
         match rescue::rescue(
             conn,
             ctx.file.path(),
             ctx.config,
             ctx.file_fault,
             ctx.db_mode,
+            copy_to_temporary,
         )
         .await
         {
@@ -600,6 +610,9 @@ async fn rescue_with_retries(
                     prune_rescues(&path, ctx.file.path(), keep).await;
                 }
                 tracing::error!(rescue = %path.display(), database = %ctx.file.path().display(), attempts = attempts + 1, "rescued the dead handle's data with VACUUM INTO");
+                if let Some((copy, _)) = &temporary {
+                    tracing::warn!(rescue = %path.display(), temporary_copy = %copy.display(), "the copy in the temporary directory is superseded by this rescue; it is kept until you remove it");
+                }
                 if attempts > 0
                     && let Some(policy) = policy
                 {
@@ -613,6 +626,17 @@ async fn rescue_with_retries(
             Err(err) => {
                 crate::metrics::rescue_failed();
                 attempts += 1;
+                if let Some(copy) = err.temporary.clone() {
+                    tracing::error!(
+                        database = %ctx.file.path().display(), temporary_copy = %copy.display(), attempts,
+                        "no durable place for the rescue: a copy is saved only in the temporary directory, which a restart \
+                         (a new container, a tmpfs /tmp, PrivateTmp) may lose. The dead handle is kept and a durable place retried. \
+                         Copy the file somewhere safe now; let the rescue complete by making the database's directory or its parent \
+                         belong to this user (or root) and not writable by others, and set LivePoolBuilder::rescue_dir to a \
+                         persistent directory of this user for the next start"
+                    );
+                    temporary = Some((copy, version));
+                }
                 tracing::error!(database = %ctx.file.path().display(), attempts, code = err.code, error = %err, retry_in = ?backoff, "rescue of the dead handle's data failed; the handle is kept open and the rescue retried");
                 if let Some(policy) = policy {
                     policy.publish(PoolStatus::RescueFailing {
@@ -620,6 +644,7 @@ async fn rescue_with_retries(
                         fault: ctx.fault.clone(),
                         attempts,
                         code: err.code,
+                        temporary_copy: temporary.as_ref().map(|(copy, _)| copy.clone()),
                     });
                 }
                 tokio::time::sleep(backoff).await;

@@ -4,11 +4,13 @@
 //! When the policy gives up after rescuing a database that is no longer at
 //! its path (deleted, moved, its directory removed), it writes a marker
 //! next to the rescue, in the crate's private rescue directory
-//! (`<parent>/<file name>.rescues/<file name>.restore-needed-<hash of the
-//! path>`). The next [`open`](crate::LivePoolBuilder::open) of that path
-//! looks for it in the configured rescue directory and under every
-//! ancestor of the path, and refuses to open, whatever `create_if_missing`
-//! says, until one of:
+//! (`<that directory>/<file name>.restore-needed-<hash of the path>`). The
+//! next [`open`](crate::LivePoolBuilder::open) of that path looks for it in
+//! this database's private directories (see [`rescue::dir_name`], and the
+//! fresh names used when a name was taken) in the configured rescue
+//! directory, under every ancestor of the path and in the temporary
+//! directory, and refuses to open, whatever `create_if_missing` says, until
+//! one of:
 //!
 //! * the rescue is at the path (moved there with `mv`, or put there by
 //!   [`LivePool::restore_rescue`](crate::LivePool::restore_rescue)): the
@@ -41,9 +43,10 @@ pub(crate) struct Pending {
     rescue_header: String,
 }
 
-/// 64-bit FNV-1a of the path's bytes: which database a marker is for,
-/// in its name (two databases of one name may share a rescue directory).
-fn path_hash(path: &Path) -> u64 {
+/// 64-bit FNV-1a of the path's bytes: which database a marker (or a rescue
+/// directory in a shared place) is for, in its name (two databases of one
+/// name may share a rescue directory).
+pub(crate) fn path_hash(path: &Path) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in path.as_os_str().as_encoded_bytes() {
         hash ^= u64::from(*byte);
@@ -146,10 +149,7 @@ fn candidates(db_path: &Path, rescue_dir: Option<&Path>) -> Vec<PathBuf> {
 /// the process's user).
 pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Option<Pending>> {
     let name = marker_name(db_path);
-    let mut places: Vec<(PathBuf, String)> = candidates(db_path, rescue_dir)
-        .into_iter()
-        .map(|parent| (parent, rescue::dir_name(db_path)))
-        .collect();
+    let mut places: Vec<(PathBuf, PathBuf)> = rescue_places(db_path, rescue_dir);
     // A symlink at the path (dangling, once its target was deleted): the
     // rescue, and the marker beside it, went where the target's rescues go.
     if let Ok(target) = std::fs::read_link(db_path) {
@@ -157,35 +157,58 @@ pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Opti
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
         };
-        places.extend(
-            candidates(&target, None)
-                .into_iter()
-                .map(|parent| (parent, rescue::dir_name(&target))),
-        );
+        places.extend(rescue_places(&target, None));
     }
-    for (parent, dir_name) in places {
-        // Cheap first: most starts find nothing.
-        if std::fs::symlink_metadata(parent.join(&dir_name).join(&name)).is_err() {
-            continue;
-        }
-        let Ok(private) = PrivateDir::open_existing(&parent, &dir_name) else {
-            tracing::warn!(dir = %parent.join(&dir_name).display(), "a restore marker in a directory that is not this user's private one is ignored");
-            continue;
-        };
-        let fd = rustix::fs::openat(
-            &private.fd,
-            name.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut text = String::new();
-        file_from(fd).read_to_string(&mut text)?;
-        let pending = parse(&text, private.path.join(&name));
-        if let Some(pending) = pending.filter(|p| p.database == db_path) {
-            return Ok(Some(pending));
+    for (parent, db) in places {
+        for private in rescue::existing_dirs(&parent, &db) {
+            // Cheap first: most starts find nothing.
+            if rustix::fs::statat(&private.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                continue;
+            }
+            let fd = rustix::fs::openat(
+                &private.fd,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut text = String::new();
+            file_from(fd).read_to_string(&mut text)?;
+            let pending = parse(&text, private.path.join(&name));
+            if let Some(pending) = pending.filter(|p| p.database == db_path) {
+                return Ok(Some(pending));
+            }
         }
     }
     Ok(None)
+}
+
+/// The database's path as given and with the symlinks of its existing
+/// directories resolved (what SQLite reports, and the rescue is named
+/// after): a rescue directory in a shared place is named by its path.
+fn aliases(db_path: &Path) -> Vec<PathBuf> {
+    let mut aliases = vec![db_path.to_path_buf()];
+    let resolved = db_path.ancestors().skip(1).find_map(|dir| {
+        let rest = db_path.strip_prefix(dir).ok()?;
+        Some(std::fs::canonicalize(dir).ok()?.join(rest))
+    });
+    if let Some(resolved) = resolved.filter(|r| *r != db_path) {
+        aliases.push(resolved);
+    }
+    aliases
+}
+
+/// Every (parent, database path) whose rescue directory may hold what was
+/// left for `db_path`.
+fn rescue_places(db_path: &Path, rescue_dir: Option<&Path>) -> Vec<(PathBuf, PathBuf)> {
+    let mut places = Vec::new();
+    for db in aliases(db_path) {
+        for parent in candidates(&db, rescue_dir) {
+            if !places.iter().any(|(p, d)| *p == parent && *d == db) {
+                places.push((parent, db.clone()));
+            }
+        }
+    }
+    places
 }
 
 fn parse(text: &str, marker: PathBuf) -> Option<Pending> {
@@ -346,17 +369,25 @@ pub(crate) fn leftovers(db_path: &Path, rescue_dir: Option<&Path>) -> Leftovers 
             found.files.push((path, meta.len()));
         }
     };
-    let dir_name = rescue::dir_name(db_path);
-    for parent in candidates(db_path, rescue_dir) {
-        let Ok(entries) = std::fs::read_dir(parent.join(&dir_name)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{stem}.rescued-"))
-                || name.starts_with(&format!("{stem}.restore-needed-"))
-            {
-                add(entry.path());
+    // Only this database's own rescue directories: in a shared place
+    // another database of the same file name has its own.
+    let mut listed: Vec<PathBuf> = Vec::new();
+    for (parent, db) in rescue_places(db_path, rescue_dir) {
+        for private in rescue::existing_dirs(&parent, &db) {
+            if listed.contains(&private.path) {
+                continue;
+            }
+            listed.push(private.path.clone());
+            let Ok(entries) = std::fs::read_dir(&private.path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{stem}.rescued-"))
+                    || name.starts_with(&format!("{stem}.restore-needed-"))
+                {
+                    add(entry.path());
+                }
             }
         }
     }

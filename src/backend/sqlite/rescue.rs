@@ -11,7 +11,11 @@
 //! `VACUUM INTO` opens its target by name, so the name must lead to the
 //! crate's own file for as long as SQLite writes it, whoever else can write
 //! nearby. The trust comes from the directory: a rescue is only ever written
-//! into `<parent>/<database file name>.rescues/`, a directory
+//! into the crate's private directory under a parent,
+//! `<parent>/<database file name>.rescues/` in the database's own directory,
+//! `<parent>/<file name>.<hash of its path>.rescues/` in a place other
+//! databases of that name may share (so retention and listings stay with
+//! one database), a directory
 //!
 //! * reached from `/` one component at a time without following a symlink,
 //!   through directories that only root or the process's user can change
@@ -19,7 +23,10 @@
 //!   user's entry): nobody else can swap any directory on the way;
 //! * created by the crate with `mkdirat` (or found), opened with
 //!   `O_NOFOLLOW` and verified on its descriptor: a directory, owned by the
-//!   process's user, mode 0700, so nobody else can enter it.
+//!   process's user, mode 0700, so nobody else can enter it. When its name
+//!   is taken by anything else (in a sticky `/tmp` anyone can take a name
+//!   first), `<name>.<16 random hex digits>` is used instead: a squatter
+//!   cannot stop a rescue.
 //!
 //! In it the crate creates the target with `O_CREAT | O_EXCL | O_NOFOLLOW`,
 //! mode 0600, and keeps the descriptor. After the copy it verifies, on the
@@ -36,6 +43,10 @@
 //! way), the nearest existing directory *above* the database's directory
 //! before the database's directory itself, so the removal completes and the
 //! rescue survives it; for other faults the database's directory first.
+//! When none of them can be trusted, the system's temporary directory: a
+//! copy there is not durable (a restart in a new container, with a tmpfs
+//! `/tmp` or `PrivateTmp`, loses it) unless the database lives there too,
+//! so it is reported but not counted as saved, and the rescue is retried.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -111,6 +122,10 @@ pub(crate) struct RescueError {
     pub(crate) attempts: Vec<String>,
     /// SQLite's result code of the last `VACUUM INTO` failure, if any (13: full).
     pub(crate) code: Option<i32>,
+    /// A verified copy saved only in the system's temporary directory: not
+    /// durable (a new container, a tmpfs `/tmp` or systemd's `PrivateTmp`
+    /// loses it at the restart), so not a saved rescue.
+    pub(crate) temporary: Option<PathBuf>,
 }
 
 impl std::fmt::Display for RescueError {
@@ -123,9 +138,49 @@ impl std::fmt::Display for RescueError {
 }
 
 /// The name of the crate's private rescue directory for the database at
-/// `db_path`: `<file name>.rescues`.
-pub(crate) fn dir_name(db_path: &Path) -> String {
-    format!("{}.rescues", file_stem(db_path))
+/// `db_path` under `parent`: `<file name>.rescues` in the database's own
+/// directory (only this database has that name there); elsewhere, a place
+/// other databases of the same file name may share (an ancestor, the
+/// configured rescue directory, the temporary directory),
+/// `<file name>.<hash of the path>.rescues`, so that retention and the
+/// listing at open never mix two databases' rescues.
+pub(crate) fn dir_name(parent: &Path, db_path: &Path) -> String {
+    let stem = file_stem(db_path);
+    if db_path.parent() == Some(parent) {
+        format!("{stem}.rescues")
+    } else {
+        format!("{stem}.{:016x}.rescues", super::marker::path_hash(db_path))
+    }
+}
+
+/// Whether `name` is the one a squatted `primary` falls back to
+/// (`<primary>.<16 hex digits>`, see [`PrivateDir::make`]).
+fn is_fallback(name: &str, primary: &str) -> bool {
+    name.strip_prefix(primary)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|random| random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The crate's private rescue directories for `db_path` under `parent`
+/// that exist: the one of its own name, and any made under a fresh name
+/// because that name was taken by something not this user's. Only
+/// directories that pass [`PrivateDir::open_existing`] count.
+pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
+    let primary = dir_name(parent, db_path);
+    let mut names = vec![primary.clone()];
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        names.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| is_fallback(name, &primary)),
+        );
+    }
+    names
+        .iter()
+        .filter(|name| std::fs::symlink_metadata(parent.join(name)).is_ok())
+        .filter_map(|name| PrivateDir::open_existing(parent, name).ok())
+        .collect()
 }
 
 fn file_stem(db_path: &Path) -> String {
@@ -137,12 +192,19 @@ fn file_stem(db_path: &Path) -> String {
 
 /// Copies everything `conn` can see into a new file in the first place
 /// that takes it, and verifies it there.
+///
+/// When no place near the database can be trusted and the temporary
+/// directory is the only one left, a copy there is saved only if
+/// `temporary` says so (none taken yet, or the data changed since), and is
+/// handed back in the error: it is not durable unless the database lives
+/// in the temporary directory too.
 pub(crate) async fn rescue(
     conn: &mut SqliteConnection,
     db_path: &Path,
     config: &RescueConfig,
     fault: Option<FileFault>,
     db_mode: Option<u32>,
+    temporary: bool,
 ) -> Result<PathBuf, RescueError> {
     // 0600, or the database's own mode where it is stricter (0400, 0000).
     let mode = db_mode.map_or(0o600, |db| db & 0o600);
@@ -153,6 +215,7 @@ pub(crate) async fn rescue(
     let mut failed = RescueError {
         attempts: Vec::new(),
         code: None,
+        temporary: None,
     };
     let mut all_denied = true;
     let mut tried = places.clone();
@@ -169,12 +232,24 @@ pub(crate) async fn rescue(
         }
     }
     let last = last_resort();
-    if all_denied && !tried.contains(&last) {
+    // A rescue there is durable only when the database lives there too: a
+    // restart (a new container, a tmpfs /tmp, PrivateTmp) loses it. A
+    // configured rescue directory in it was tried above, and counts.
+    let durable = within_temporary(db_path, &last);
+    if all_denied && !tried.contains(&last) && (durable || temporary) {
         tried.push(last.clone());
         match rescue_into(conn, &last, db_path, config.timeout, mode).await {
-            Ok(path) => {
+            Ok(path) if durable => {
                 tracing::warn!(rescue = %path.display(), tried = %failed, "no place near the database could be trusted; the rescue went to the temporary directory");
                 return Ok(path);
+            }
+            Ok(path) => {
+                failed.attempts.push(format!(
+                    "{}: a copy is saved at {}, but a restart may lose the temporary directory",
+                    last.display(),
+                    path.display()
+                ));
+                failed.temporary = Some(path);
             }
             Err(err) => failed.attempts.push(format!("{}: {err}", last.display())),
         }
@@ -273,11 +348,25 @@ fn places(configured: Option<&Path>, db_path: &Path, fault: Option<FileFault>) -
 
 /// The last resort when no place near the database can be trusted or
 /// written (a root process with its database in another user's directory,
-/// say): the system's temporary directory, sticky like /tmp. Better a
-/// rescue there than none; the log and the give-up name it. Not tried when
-/// a place failed for another reason (a full disk): that is retried.
+/// a Kubernetes `fsGroup` volume, say): the system's temporary directory,
+/// sticky like /tmp. Better a copy there than none, but unless the database
+/// lives there too it is not a saved rescue (see [`rescue`]). Not tried
+/// when a place failed for another reason (a full disk): that is retried.
 fn last_resort() -> PathBuf {
     std::env::temp_dir()
+}
+
+/// Whether the database lives in the temporary directory itself (a rescue
+/// there lasts as long as the database would).
+fn within_temporary(db_path: &Path, temp: &Path) -> bool {
+    db_path.starts_with(temp)
+        || std::fs::canonicalize(temp).is_ok_and(|temp| {
+            db_path.starts_with(&temp)
+                || db_path
+                    .ancestors()
+                    .find_map(|a| std::fs::canonicalize(a).ok())
+                    .is_some_and(|a| a.starts_with(&temp))
+        })
 }
 
 fn denied(err: &sqlx::Error) -> bool {
@@ -376,7 +465,11 @@ pub(crate) struct PrivateDir {
 
 impl PrivateDir {
     /// Makes (or finds) `<parent>/<name>`: mode 0700, owned by the process's
-    /// user, not a symlink, under a trusted path.
+    /// user, not a symlink, under a trusted path. When the name is taken by
+    /// something not this user's private directory (another user's
+    /// directory, a file, a symlink: in a sticky `/tmp` anyone can take a
+    /// name first), uses `<name>.<16 random hex digits>` instead, one made
+    /// earlier or a new one: a squatter cannot stop the rescue.
     pub(crate) fn make(parent: &Path, name: &str) -> io::Result<Self> {
         let parent = std::fs::canonicalize(parent)?;
         let parent_fd = open_trusted(&parent)?;
@@ -385,9 +478,63 @@ impl PrivateDir {
             Err(rustix::io::Errno::EXIST) => false,
             Err(err) => return Err(err.into()),
         };
-        let mut dir = Self::open_at(parent_fd, &parent, name)?;
-        dir.created = created;
-        Ok(dir)
+        match Self::open_at(&parent_fd, &parent, name) {
+            Ok((path, fd)) => Ok(PrivateDir {
+                path,
+                fd,
+                parent: parent_fd,
+                created,
+            }),
+            Err(taken) => Self::make_fallback(parent_fd, &parent, name, &taken),
+        }
+    }
+
+    fn make_fallback(
+        parent_fd: OwnedFd,
+        parent: &Path,
+        name: &str,
+        taken: &io::Error,
+    ) -> io::Result<Self> {
+        // One made earlier: this database's rescues stay together. (A
+        // parent that cannot be listed: a new one.)
+        let earlier = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|entry| is_fallback(entry, name))
+            .find_map(|entry| Self::open_at(&parent_fd, parent, &entry).ok());
+        let (path, fd, created) = match earlier {
+            Some((path, fd)) => (path, fd, false),
+            None => {
+                let mut made = None;
+                for _ in 0..8 {
+                    let fresh = format!("{name}.{:016x}", crate::shared::random_u64());
+                    match rustix::fs::mkdirat(
+                        &parent_fd,
+                        fresh.as_str(),
+                        Mode::from_raw_mode(0o700),
+                    ) {
+                        Ok(()) => {
+                            made = Some(fresh);
+                            break;
+                        }
+                        Err(rustix::io::Errno::EXIST) => continue,
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                let fresh = made.ok_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists))?;
+                let (path, fd) = Self::open_at(&parent_fd, parent, &fresh)?;
+                (path, fd, true)
+            }
+        };
+        tracing::warn!(taken = %parent.join(name).display(), why = %taken, private = %path.display(), "the rescue directory's name is taken by something that is not this user's private directory; using a private directory of a fresh name instead");
+        Ok(PrivateDir {
+            path,
+            fd,
+            parent: parent_fd,
+            created,
+        })
     }
 
     /// Opens an existing `<parent>/<name>` only if it is private (for
@@ -395,7 +542,13 @@ impl PrivateDir {
     pub(crate) fn open_existing(parent: &Path, name: &str) -> io::Result<Self> {
         let parent = std::fs::canonicalize(parent)?;
         let parent_fd = open_trusted(&parent)?;
-        Self::open_at(parent_fd, &parent, name)
+        let (path, fd) = Self::open_at(&parent_fd, &parent, name)?;
+        Ok(PrivateDir {
+            path,
+            fd,
+            parent: parent_fd,
+            created: false,
+        })
     }
 
     /// Removes the directory this attempt made, only if it is empty.
@@ -407,10 +560,10 @@ impl PrivateDir {
         }
     }
 
-    fn open_at(parent_fd: OwnedFd, parent: &Path, name: &str) -> io::Result<Self> {
+    fn open_at(parent_fd: &OwnedFd, parent: &Path, name: &str) -> io::Result<(PathBuf, OwnedFd)> {
         let path = parent.join(name);
         let fd = rustix::fs::openat(
-            &parent_fd,
+            parent_fd,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -453,12 +606,7 @@ impl PrivateDir {
             // Ours, and nobody else could write it: made private now.
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
         }
-        Ok(PrivateDir {
-            path,
-            fd,
-            parent: parent_fd,
-            created: false,
-        })
+        Ok((path, fd))
     }
 }
 
@@ -471,10 +619,11 @@ struct Target {
 }
 
 impl Target {
-    /// Creates `<parent>/<db>.rescues/<db>.rescued-<stamp>-<random>.db`,
+    /// Creates `<private dir>/<db>.rescued-<stamp>-<random>.db` (see
+    /// [`dir_name`] and [`PrivateDir::make`]),
     /// mode 0600, never reusing an existing name or following a link.
     fn create(parent: &Path, db_path: &Path) -> io::Result<Self> {
-        let dir = PrivateDir::make(parent, &dir_name(db_path))?;
+        let dir = PrivateDir::make(parent, &dir_name(parent, db_path))?;
         let stem = file_stem(db_path);
         let mut last = None;
         for _ in 0..8 {
@@ -611,7 +760,10 @@ mod tests {
             first.path.parent(),
             Some(
                 std::fs::canonicalize(dir.path())?
-                    .join("app.db.rescues")
+                    .join(format!(
+                        "app.db.{:016x}.rescues",
+                        super::super::marker::path_hash(&db)
+                    ))
                     .as_path()
             )
         );
@@ -634,6 +786,48 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
         // An empty target is not a saved rescue.
         assert!(first.verify(0o600).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_place_lists_only_this_databases_rescues() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let shared = root.path().join("rescues");
+        std::fs::create_dir(&shared)?;
+        let (a, b) = (root.path().join("a/app.db"), root.path().join("b/app.db"));
+        let mine = Target::create(&shared, &a)?;
+        let theirs = Target::create(&shared, &b)?;
+        assert_ne!(mine.dir.path, theirs.dir.path);
+        let listed = super::super::marker::leftovers(&a, Some(&shared));
+        let paths: Vec<&Path> = listed.files.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(paths, vec![mine.path.as_path()]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_taken_name_falls_back_to_a_private_directory_that_is_found() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let shared = root.path().join("rescues");
+        std::fs::create_dir(&shared)?;
+        let db = root.path().join("a/app.db");
+        let name = dir_name(&shared, &db);
+        // Not a directory of ours: a file at the name.
+        std::fs::write(shared.join(&name), b"taken")?;
+        let first = Target::create(&shared, &db)?;
+        let used = first
+            .dir
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        assert!(
+            used.as_deref().is_some_and(|n| is_fallback(n, &name)),
+            "{used:?}"
+        );
+        // The same one again, so retention sees every rescue together.
+        let second = Target::create(&shared, &db)?;
+        assert_eq!(first.dir.path, second.dir.path);
+        let listed = super::super::marker::leftovers(&db, Some(&shared));
+        assert_eq!(listed.files.len(), 2, "{listed:?}");
         Ok(())
     }
 
