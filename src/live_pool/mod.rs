@@ -169,6 +169,9 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::Recurred { after } => {
                 write!(f, "fatal error recurred {after:?} after the last heal")
             }
+            GiveUpReason::TooManyHeals { heals: 0, .. } => {
+                f.write_str("heals are off (restart_to_heal): a restart reopens the database")
+            }
             GiveUpReason::TooManyHeals { heals, within } => {
                 write!(f, "{heals} heals within {within:?} already")
             }
