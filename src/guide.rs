@@ -495,6 +495,10 @@
 //!   (the principal and both calendars written before) was in
 //!   `db.sqlite3.rescues/` beside the directory, with the marker, and the
 //!   process exited with code 1;
+//! - the same `rm -rf` with a write in flight (held on another process's
+//!   lock): the request still got its answer (503 with `Retry-After`)
+//!   before the process exited with code 1, once the drain and the close
+//!   were done, within the 10 s grace;
 //! - the restart with the same configuration refused (exit code 1, naming
 //!   the rescue, the `mv` and the `rm`) and created nothing at the path;
 //!   after the `mv`, the next start served both calendars.
