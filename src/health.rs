@@ -931,6 +931,7 @@ fn safe_reason(reason: &GiveUpReason) -> &'static str {
         GiveUpReason::ReopenFailed(_) => "reopen failed",
         GiveUpReason::VerifyFailed(_) => "the reopened pool failed verification",
         GiveUpReason::Recurred { .. } => "the fault recurred after a heal",
+        GiveUpReason::HealsOff => "heals are off: a restart reopens",
         GiveUpReason::TooManyHeals { .. } => "too many heals",
     }
 }

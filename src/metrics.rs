@@ -142,6 +142,7 @@ pub(crate) fn gave_up(reason: &GiveUpReason) {
         GiveUpReason::Recurred { .. } => {
             counter!("db_liveness_give_ups_total", "reason" => "recurred")
         }
+        GiveUpReason::HealsOff => counter!("db_liveness_give_ups_total", "reason" => "heals_off"),
         GiveUpReason::TooManyHeals { .. } => {
             counter!("db_liveness_give_ups_total", "reason" => "too_many_heals")
         }

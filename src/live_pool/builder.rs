@@ -99,6 +99,24 @@ impl<DB: Backend> LivePoolBuilder<DB> {
         self
     }
 
+    /// Never reopens in the process: every fatal fault ends in a give-up,
+    /// and the restart by your supervisor opens the database again. The
+    /// rescue still runs first (a database file deleted, moved or replaced
+    /// under the process is saved from the dead handle, and a deleted one
+    /// leaves the marker that makes the next start refuse until it is
+    /// restored). The same as `max_heals(0, ..)`.
+    ///
+    /// For an app that keeps clones of its pool for the process's life (in
+    /// store structs, repositories, a spawned task) instead of taking
+    /// [`LivePool::pool`] per request or iteration: a heal swaps the pool
+    /// inside the `LivePool`, but those clones stay on the closed one and
+    /// would answer `PoolClosed` until the process exits. See the guide's
+    /// "Your app keeps the pool in long-lived structs".
+    pub fn restart_to_heal(mut self) -> Self {
+        self.config.max_heals = 0;
+        self
+    }
+
     /// The exit code used when the policy gives up. Default: 1, so that
     /// `Restart=on-failure` and Kubernetes restart the process.
     pub fn exit_code(mut self, code: i32) -> Self {

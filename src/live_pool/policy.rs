@@ -287,7 +287,11 @@ impl<DB: Backend> Inner<DB> {
             }
             Phase::Healing { done, .. } => Joined::Heal(done.clone()),
             Phase::Live => {
-                tracing::error!(class = "fatal", code = fault.code(), generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
+                if self.config.max_heals == 0 {
+                    tracing::error!(class = "fatal", code = fault.code(), generation = current, %fault, action = "exit", "fatal database fault: heals are off (restart_to_heal); saving the dead handle's data where needed, then exiting so the restart reopens");
+                } else {
+                    tracing::error!(class = "fatal", code = fault.code(), generation = current, %fault, action = "reopen", "fatal database fault: reopening the pool once");
+                }
                 let (tx, rx) = watch::channel(None);
                 policy.phase = Phase::Healing {
                     done: rx.clone(),
@@ -389,6 +393,9 @@ impl<DB: Backend> Inner<DB> {
             if after < self.config.recurrence_window {
                 return Some(GiveUpReason::Recurred { after });
             }
+        }
+        if self.config.max_heals == 0 {
+            return Some(GiveUpReason::HealsOff);
         }
         let window = self.config.heal_window;
         let heals = self.policy().heals_within(window);

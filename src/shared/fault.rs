@@ -68,6 +68,9 @@ pub enum GiveUpReason {
         /// How long the fresh generation lived.
         after: Duration,
     },
+    /// Heals are off ([`restart_to_heal`](crate::LivePoolBuilder::restart_to_heal),
+    /// or `max_heals(0, ..)`): the restart reopens.
+    HealsOff,
     /// More heals than allowed within the heal window.
     TooManyHeals {
         /// Heals already made within the window.
@@ -86,6 +89,9 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::Recurred { after } => {
                 write!(f, "fatal error recurred {after:?} after the last heal")
+            }
+            GiveUpReason::HealsOff => {
+                f.write_str("heals are off (restart_to_heal): a restart reopens the database")
             }
             GiveUpReason::TooManyHeals { heals, within } => {
                 write!(f, "{heals} heals within {within:?} already")
