@@ -1,7 +1,7 @@
 //! What differs between databases, one module per backend: how it fails
 //! (its errors, read by code), how it is checked (what is verified when a
 //! pool is opened, what the probe reads), how a dead generation is replaced.
-//! Each implements [`Sealed`](crate::shared::Sealed) against the shared
+//! Each implements [`Sealed`] against the shared
 //! vocabulary in [`crate::shared`] and never imports the policy, health or
 //! the layer, which sit above it.
 

@@ -1,4 +1,4 @@
-//! [`LivePoolBuilder`]: how a [`LivePool`] is opened, reopened and given up.
+//! [`LivePoolBuilder`]: how a [`LivePool`](crate::LivePool) is opened, reopened and given up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use sqlx::{Connection, Database};
 use crate::shared::{Backend, Config, GaveUp};
 
 sqlite_by_default! {
-/// Builds a [`LivePool`]: see [`LivePool::builder`] and
-/// [`LivePool::builder_with_pool`] for SQLite, `LivePool::postgres` for
+/// Builds a [`LivePool`](crate::LivePool): see [`LivePool::builder`](crate::LivePool::builder) and
+/// [`LivePool::builder_with_pool`](crate::LivePool::builder_with_pool) for SQLite, `LivePool::postgres` for
 /// Postgres (feature `postgres`) and `LivePool::mysql` for MySQL (feature
 /// `mysql`).
 #[must_use]
@@ -73,8 +73,8 @@ impl<DB: Backend> LivePoolBuilder<DB> {
 
     /// Pool options for the initial pool and for every default reopen.
     ///
-    /// Only used with [`LivePool::builder`]: with
-    /// [`LivePool::builder_with_pool`] your reopen builds the pool.
+    /// Only used with [`LivePool::builder`](crate::LivePool::builder): with
+    /// [`LivePool::builder_with_pool`](crate::LivePool::builder_with_pool) your reopen builds the pool.
     pub fn pool_options(mut self, options: PoolOptions<DB>) -> Self {
         match &mut self.source {
             Source::Options { pool, .. } => **pool = options,
@@ -108,7 +108,7 @@ impl<DB: Backend> LivePoolBuilder<DB> {
     ///
     /// For an app that keeps clones of its pool for the process's life (in
     /// store structs, repositories, a spawned task) instead of taking
-    /// [`LivePool::pool`] per request or iteration: a heal swaps the pool
+    /// [`LivePool::pool`](crate::LivePool::pool) per request or iteration: a heal swaps the pool
     /// inside the `LivePool`, but those clones stay on the closed one and
     /// would answer `PoolClosed` until the process exits. See the guide's
     /// "Your app keeps the pool in long-lived structs".
@@ -138,7 +138,7 @@ impl<DB: Backend> LivePoolBuilder<DB> {
     }
 
     /// How long the default exit action waits after a give-up before it
-    /// exits, so a graceful shutdown driven by [`LivePool::given_up`] can
+    /// exits, so a graceful shutdown driven by [`LivePool::given_up`](crate::LivePool::given_up) can
     /// drain the requests in flight. Default: 0 (exit at once).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;

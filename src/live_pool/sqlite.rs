@@ -341,7 +341,7 @@ impl LivePool<Sqlite> {
     /// [`open`](LivePoolBuilder::open) does: no verification read, no
     /// `locking_mode` check, no file identity recorded, no rescue
     /// connection, no watchdog. The policy logs a fatal error and answers
-    /// [`Outcome::Ignored`](super::Outcome::Ignored)`(ErrorClass::Fatal)`:
+    /// [`Outcome::Ignored`](crate::Outcome::Ignored)`(ErrorClass::Fatal)`:
     /// no rescue, no reopen, no exit, the generation stays 0. The layer
     /// still finds and reports errors, and [`HealthService`](crate::HealthService)
     /// still reads the database (a failed read is `fail`).

@@ -42,7 +42,7 @@ pub struct Config {
     /// pending-rescue check) may take before the open fails: generous, so a
     /// slow mount starts and only a hung one fails.
     pub(crate) startup_timeout: Duration,
-    /// [`LivePool::fixed`]: fatal errors are logged, never healed or exited.
+    /// [`LivePool::fixed`](crate::LivePool::fixed): fatal errors are logged, never healed or exited.
     pub(crate) fixed: bool,
 }
 

@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlDatabaseError;
 
 use crate::shared::{Code, ErrorClass};
 
-/// `ER_OPTION_PREVENTS_STATEMENT`: "running with the --<option> option so it
+/// `ER_OPTION_PREVENTS_STATEMENT`: "running with the `--<option>` option so it
 /// cannot execute this statement". Generic: the option may be `--read-only`
 /// (or MySQL's `--super-read-only`), or `--max-user-connections`, ...
 const OPTION_PREVENTS_STATEMENT: u16 = 1290;

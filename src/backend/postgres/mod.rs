@@ -1,14 +1,23 @@
 //! Postgres: never pinned to a server that does not take writes.
 //!
-//! Every new connection of a pool meant for writes is checked once when it
-//! is opened (`after_connect`); a write's `25006`/`0A000`, confirmed by the
-//! same check, a background check on an idle connection and the health
-//! probe find a pool whose server stopped taking writes under it. A server
-//! in recovery (a demoted primary) is what a heal is for: it closes the
-//! pinned pool, waits for a primary with single direct connections and
-//! jittered back-off, and swaps in a new gated pool. A primary read-only in
-//! place is degraded, not dead: the pool is kept and marked read-only
-//! until the server takes writes again.
+//! How it fails: after a failover the old primary restarts as a hot
+//! standby, and connections that survive or reconnect through a stale
+//! endpoint land on a server in recovery; every write gets `25006` (or
+//! `0A000` for `BEGIN READ WRITE`). A primary made read-only in place
+//! (`default_transaction_read_only`, a read-only role or database) gives
+//! the same codes, and so does an application's own read-only transaction.
+//!
+//! How it is checked: every new connection of a pool meant for writes once
+//! when it is opened (`after_connect`: `pg_is_in_recovery()` and the
+//! server's `default_transaction_read_only`); a write's `25006`/`0A000`,
+//! confirmed by the same check (one at a time), a background check on an
+//! idle connection and the health probe. In recovery: fatal for the
+//! generation. Read-only in place: degraded, not dead (the pool is kept,
+//! reads served, writes 503) until the server takes writes again.
+//!
+//! How it is replaced: the pinned pool is closed, the heal waits for a
+//! primary with single direct connections and jittered back-off (no
+//! deadline unless one is set), and a new gated pool is swapped in.
 
 mod classify;
 mod writable;
@@ -423,7 +432,7 @@ async fn probe(policy: &PolicyRef<Postgres>, bound: Duration, stuck: &AtomicU32)
 }
 
 /// A probe the server did not answer: `warn`, and `fail` from the
-/// [`STUCK_PROBES`]th in a row.
+/// [`STUCK_PROBES`](crate::shared::STUCK_PROBES)th in a row.
 fn silent(stuck: &AtomicU32, bound: Duration) -> Finding {
     let in_a_row = stuck.fetch_add(1, Ordering::Relaxed).saturating_add(1);
     let text = format!(

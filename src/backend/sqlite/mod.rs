@@ -1,5 +1,23 @@
-//! SQLite: the file identity and its watchdog, the rescue of a dead
-//! handle's data, the seal, and reattaching the same file.
+//! SQLite: a pool on a file that can be deleted, moved or replaced under it.
+//!
+//! How it fails: an open handle keeps the unlinked inode; with the directory
+//! deleted a WAL pool reports no error at all (writes vanish into the
+//! unlinked file) and a DELETE-journal pool fails writes with 1032; a
+//! damaged file answers IOERR/CORRUPT/NOTADB, codes an attached file or a
+//! `VACUUM INTO` elsewhere also produce ([`classify`]).
+//!
+//! How it is checked: the file identity (device, inode, birth time) of the
+//! database and its `-wal`/`-shm`, compared with what the path leads to
+//! now by the watchdog ([`watchdog`], polling or a filesystem watch) and the
+//! probe ([`probe`]); a fatal-class error counts only once the identity or
+//! a read of the main database confirms it.
+//!
+//! How it is replaced ([`heal`]): the dead pool drained, its data rescued
+//! with `VACUUM INTO` on a connection opened before the fault into a
+//! private directory ([`rescue`]) and sealed, stale companions set aside,
+//! the same file reattached and verified (schema, identity); when the file
+//! is gone, a restore marker ([`marker`]) makes the next start refuse
+//! rather than create an empty database.
 
 pub(crate) mod classify;
 mod generation;
