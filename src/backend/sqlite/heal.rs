@@ -461,15 +461,16 @@ async fn set_stale_companions_aside(file: DbFile) -> Result<(), String> {
 /// After a give-up that rescued a database no longer at its path: leaves
 /// the marker that makes the next start refuse to open an empty database
 /// there, and says so in the reason.
-async fn leave_marker(
+/// Writes the restore marker for the database at `configured` next to
+/// `rescue`, unless a file is at the path again (a restore already: nothing
+/// to refuse). `None`: not needed.
+async fn write_marker(
     configured: &std::path::Path,
     rescue: &std::path::Path,
     gone: FileFault,
-    reason: GiveUpReason,
-) -> GiveUpReason {
+) -> Result<std::io::Result<Option<PathBuf>>, blocking::Stuck> {
     let (db, saved) = (configured.to_path_buf(), rescue.to_path_buf());
-    let written = blocking::run(FS_BOUND, move || {
-        // A file at the path again (a restore already): nothing to refuse.
+    blocking::run(FS_BOUND, move || {
         // Followed: a dangling symlink at the path is no database, and a
         // restart would create an empty one at its target.
         // A lost -wal leaves the main file short of the rows only the log
@@ -479,7 +480,16 @@ async fn leave_marker(
         }
         super::marker::write(&db, &saved, gone).map(Some)
     })
-    .await;
+    .await
+}
+
+async fn leave_marker(
+    configured: &std::path::Path,
+    rescue: &std::path::Path,
+    gone: FileFault,
+    reason: GiveUpReason,
+) -> GiveUpReason {
+    let written = write_marker(configured, rescue, gone).await;
     let db = configured.display();
     let rescue = rescue.display();
     let how = match written {
@@ -589,6 +599,8 @@ async fn rescue_with_retries(
     // A copy only in the temporary directory, and the data version it
     // holds: taken again only when a write changed the data since.
     let mut temporary: Option<(PathBuf, Option<i64>)> = None;
+    // The restore marker next to that copy, while it is the only one.
+    let mut temporary_marker: Option<PathBuf> = None;
     loop {
         // Read before the attempt: a commit after it makes the next one
         // copy again.
@@ -601,10 +613,27 @@ async fn rescue_with_retries(
             ctx.file_fault,
             ctx.db_mode,
             copy_to_temporary,
+            Some(ctx.file.device()),
         )
         .await
         {
             Ok(path) => {
+                if let (Some(stale), Some(gone)) = (temporary_marker.take(), ctx.file_fault) {
+                    // The durable marker first, so that a restart finds one
+                    // at every moment; then the temporary one is set aside
+                    // (a restore of the durable rescue would otherwise meet
+                    // it at the next start).
+                    let written = write_marker(ctx.file.configured(), &path, gone).await;
+                    if matches!(written, Ok(Ok(_))) {
+                        let retired = blocking::run(FS_BOUND, move || {
+                            super::marker::set_aside(&stale, "superseded")
+                        })
+                        .await;
+                        if !matches!(retired, Ok(Ok(()))) {
+                            tracing::warn!(marker = ?retired, "the marker of the temporary copy could not be set aside");
+                        }
+                    }
+                }
                 crate::metrics::rescue_saved(&path).await;
                 if let Some(keep) = ctx.config.keep {
                     prune_rescues(&path, ctx.file.path(), keep).await;
@@ -635,6 +664,18 @@ async fn rescue_with_retries(
                          belong to this user (or root) and not writable by others, and set LivePoolBuilder::rescue_dir to a \
                          persistent directory of this user for the next start"
                     );
+                    // A restart must not start empty: the marker names the
+                    // copy (it refuses for as long as the temporary
+                    // directory keeps it), until a durable rescue supersedes it.
+                    if let Some(gone) = ctx.file_fault {
+                        match write_marker(ctx.file.configured(), &copy, gone).await {
+                            Ok(Ok(Some(marker))) => temporary_marker = Some(marker),
+                            Ok(Ok(None)) => {}
+                            failed => {
+                                tracing::error!(temporary_copy = %copy.display(), error = ?failed, "the restore marker for the temporary copy could not be written")
+                            }
+                        }
+                    }
                     temporary = Some((copy, version));
                 }
                 tracing::error!(database = %ctx.file.path().display(), attempts, code = err.code, error = %err, retry_in = ?backoff, "rescue of the dead handle's data failed; the handle is kept open and the rescue retried");

@@ -95,6 +95,11 @@ impl DbFile {
     }
 
     /// The path as configured, absolute.
+    /// The filesystem (`st_dev`) the database file is on.
+    pub(crate) fn device(&self) -> u64 {
+        self.id.dev
+    }
+
     pub(crate) fn configured(&self) -> &Path {
         &self.configured
     }

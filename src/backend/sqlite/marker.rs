@@ -121,6 +121,14 @@ pub(crate) fn write(db_path: &Path, rescue: &Path, fault: FileFault) -> io::Resu
     Ok(private.path.join(name))
 }
 
+/// Renames `marker` to `<marker>.<why>-<stamp>`: no longer in force, kept
+/// as a record.
+pub(crate) fn set_aside(marker: &Path, why: &str) -> io::Result<()> {
+    let mut done = marker.as_os_str().to_owned();
+    done.push(format!(".{why}-{}", rescue::unique_suffix()));
+    std::fs::rename(marker, PathBuf::from(done))
+}
+
 fn file_from(fd: OwnedFd) -> std::fs::File {
     std::fs::File::from(fd)
 }
@@ -160,6 +168,19 @@ pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Opti
         places.extend(rescue_places(&target, None));
     }
     for (parent, db) in places {
+        // Fail closed: a restart must not start empty because the marker
+        // sits in a directory nobody should trust any more.
+        if let Some((loose, mode)) = rescue::loose_own_dir(&parent, &db) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} (this service's rescue directory) can be written by other users \
+                     (mode {mode:o}): a restore marker in it cannot be trusted, and one may be there. \
+                     Check what is in it, then chmod 700 it",
+                    loose.display()
+                ),
+            ));
+        }
         for private in rescue::existing_dirs(&parent, &db) {
             // Cheap first: most starts find nothing.
             if rustix::fs::statat(&private.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
@@ -254,9 +275,7 @@ impl Pending {
 
     /// Renames the marker `...restored-<stamp>`: kept as a record.
     pub(crate) fn retire(&self) -> io::Result<()> {
-        let mut done = self.marker.as_os_str().to_owned();
-        done.push(format!(".restored-{}", rescue::unique_suffix()));
-        std::fs::rename(&self.marker, PathBuf::from(done))
+        set_aside(&self.marker, "restored")
     }
 
     /// The refusal: what happened, where the data is, how to restore it,

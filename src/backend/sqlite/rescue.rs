@@ -183,6 +183,30 @@ pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
         .collect()
 }
 
+/// A rescue directory for `db_path` under `parent` that is this user's but
+/// can be written by others (an operator's `chmod -R g+w`, a restore that
+/// dropped its mode): what is in it cannot be trusted, and a restore marker
+/// may be. Its path and mode.
+pub(crate) fn loose_own_dir(parent: &Path, db_path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let primary = dir_name(parent, db_path);
+    let mut names = vec![primary.clone()];
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        names.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| is_fallback(name, &primary)),
+        );
+    }
+    names.iter().find_map(|name| {
+        let path = parent.join(name);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        let mode = meta.mode() & 0o7777;
+        (meta.is_dir() && meta.uid() == euid() && mode & 0o022 != 0).then_some((path, mode))
+    })
+}
+
 fn file_stem(db_path: &Path) -> String {
     db_path
         .file_name()
@@ -205,13 +229,16 @@ pub(crate) async fn rescue(
     fault: Option<FileFault>,
     db_mode: Option<u32>,
     temporary: bool,
+    db_dev: Option<u64>,
 ) -> Result<PathBuf, RescueError> {
     // 0600, or the database's own mode where it is stricter (0400, 0000).
     let mode = db_mode.map_or(0o600, |db| db & 0o600);
     let (configured, db) = (config.dir.clone(), db_path.to_path_buf());
-    let places = blocking::run(FS_BOUND, move || places(configured.as_deref(), &db, fault))
-        .await
-        .unwrap_or_default();
+    let places = blocking::run(FS_BOUND, move || {
+        places(configured.as_deref(), &db, fault, db_dev)
+    })
+    .await
+    .unwrap_or_default();
     let mut failed = RescueError {
         attempts: Vec::new(),
         code: None,
@@ -314,16 +341,28 @@ async fn rescue_into(
 }
 
 /// The parents to try, in order, each once (see the module docs).
-fn places(configured: Option<&Path>, db_path: &Path, fault: Option<FileFault>) -> Vec<PathBuf> {
+fn places(
+    configured: Option<&Path>,
+    db_path: &Path,
+    fault: Option<FileFault>,
+    db_dev: Option<u64>,
+) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let mut places: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = configured.filter(|dir| dir.is_dir()) {
+        places.push(dir.to_path_buf());
+    }
+    // Only the database's own filesystem lasts as long as the database: the
+    // directory above a volume mounted at the data directory is a
+    // container's writable layer, gone with the container. (The configured
+    // directory is the user's word.)
     let mut push = |dir: &Path| {
-        if dir.is_dir() && !places.iter().any(|p| p == dir) {
+        let durable = std::fs::metadata(dir)
+            .is_ok_and(|meta| meta.is_dir() && db_dev.is_none_or(|dev| meta.dev() == dev));
+        if durable && !places.iter().any(|p| p == dir) {
             places.push(dir.to_path_buf());
         }
     };
-    if let Some(dir) = configured {
-        push(dir);
-    }
     let db_dir = db_path.parent();
     // The nearest existing directory above the database's own.
     let outside = db_dir.and_then(|dir| dir.ancestors().skip(1).find(|a| a.is_dir()));
@@ -752,7 +791,10 @@ mod tests {
     fn names_are_unpredictable_and_private() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("gone").join("app.db");
-        assert_eq!(places(None, &db, None), vec![dir.path().to_path_buf()]);
+        assert_eq!(
+            places(None, &db, None, None),
+            vec![dir.path().to_path_buf()]
+        );
         let first = Target::create(dir.path(), &db)?;
         let second = Target::create(dir.path(), &db)?;
         assert_ne!(first.path, second.path);
@@ -841,17 +883,17 @@ mod tests {
         let db = data.join("app.db");
         let top = root.path().to_path_buf();
         assert_eq!(
-            places(Some(&rescue), &db, Some(FileFault::Replaced)),
+            places(Some(&rescue), &db, Some(FileFault::Replaced), None),
             vec![rescue.clone(), data.clone(), top.clone()]
         );
         // A deletion may be an `rm -rf` of the directory under way.
         assert_eq!(
-            places(Some(&rescue), &db, Some(FileFault::Deleted)),
+            places(Some(&rescue), &db, Some(FileFault::Deleted), None),
             vec![rescue.clone(), top.clone(), data.clone()]
         );
         std::fs::remove_dir(&data)?;
         assert_eq!(
-            places(Some(&rescue), &db, Some(FileFault::Deleted)),
+            places(Some(&rescue), &db, Some(FileFault::Deleted), None),
             vec![rescue, top]
         );
         Ok(())
