@@ -446,13 +446,20 @@ where
         let StateProj::Calling { fut } = this.state.project() else {
             unreachable!("the request was called when the hold ended");
         };
-        // The inner poll's result is inspected where it lies and handed on
-        // as it is: a response is large, and each move of it is a copy.
-        let mut poll = fut.poll(cx);
-        if let Poll::Ready(result) = &mut poll {
-            inspect::<F, B, S::Error>(*this.key, *this.generation, result);
+        // A response without extensions (the common case) is handed on as
+        // it came, checked through a shared borrow; only one that carries
+        // extensions, or an error, goes out of line to be looked into.
+        // Lending the response itself to an out-of-line function would make
+        // the compiler copy every response twice.
+        match fut.poll(cx) {
+            Poll::Ready(Ok(response)) if !response.extensions().is_empty() => {
+                Poll::Ready(Ok(inspect_response(*this.key, *this.generation, response)))
+            }
+            Poll::Ready(Err(err)) => {
+                Poll::Ready(Err(inspect_error::<F, _>(*this.key, *this.generation, err)))
+            }
+            other => other,
         }
-        poll
     }
 }
 
@@ -488,26 +495,15 @@ where
     Poll::Ready(())
 }
 
-/// Looks for a database error in a finished request and reports it; a
-/// response marked with a fatal or transient one leaves as 503 with
-/// `Retry-After`, whatever status the code that marked it chose.
-///
-/// The check for "nothing to look at" (a response without extensions) is
-/// inline; the looking is out of line, so the common path stays small.
-#[inline]
-fn inspect<F, B, E>(key: Key, generation: u64, result: &mut Result<http::Response<B>, E>)
-where
-    F: FindError<E>,
-{
-    match result {
-        Ok(response) if response.extensions().is_empty() => {}
-        Ok(response) => inspect_response(key, generation, response),
-        Err(err) => inspect_error::<F, E>(key, generation, err),
-    }
-}
-
+/// Looks for a database error in a finished response's extensions and
+/// reports it; a response marked with a fatal or transient one leaves as 503
+/// with `Retry-After`, whatever status the code that marked it chose.
 #[inline(never)]
-fn inspect_response<B>(key: Key, generation: u64, response: &mut http::Response<B>) {
+fn inspect_response<B>(
+    key: Key,
+    generation: u64,
+    mut response: http::Response<B>,
+) -> http::Response<B> {
     let extensions = response.extensions();
     if let Some(marked) = extensions.get::<Marked>() {
         let live = registry::find(key);
@@ -530,7 +526,7 @@ fn inspect_response<B>(key: Key, generation: u64, response: &mut http::Response<
                 || (marked.class == ErrorClass::Fatal
                     && live.as_ref().is_some_and(AnyLive::healing_or_gave_up)))
         {
-            unavailable(response);
+            unavailable(&mut response);
         }
     } else if let Some(found) = tonic_status(extensions) {
         report(
@@ -542,15 +538,18 @@ fn inspect_response<B>(key: Key, generation: u64, response: &mut http::Response<
             &found,
         );
     }
+    response
 }
 
+/// Looks for a database error in the inner service's error and reports it;
+/// the error is handed back unchanged.
 #[cold]
 #[inline(never)]
-fn inspect_error<F, E>(key: Key, generation: u64, err: &E)
+fn inspect_error<F, E>(key: Key, generation: u64, err: E) -> E
 where
     F: FindError<E>,
 {
-    if let Some(found) = F::find(err).and_then(find_in_chain) {
+    if let Some(found) = F::find(&err).and_then(find_in_chain) {
         report(
             registry::find(key).as_ref(),
             generation,
@@ -560,6 +559,7 @@ where
             &found,
         );
     }
+    err
 }
 
 /// Makes a response whose database was unavailable say so: 503 and
