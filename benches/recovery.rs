@@ -37,15 +37,28 @@
 //! `LivePool::postgres(..)` (defaults), the layer and `/health`; `restart`
 //! and `nothing` on a plain `PgPool` (sqlx defaults).
 //!
+//! **MySQL** (with the `mysql` feature): the switchover of
+//! `benches/my_switchover.rs` on a MariaDB primary + GTID replica
+//! (`tests/my_cluster`: the primary made read-only, the replica promoted,
+//! the old primary made its replica and left up), the proxy left on the
+//! demoted node 8 s, then repointed; 10 s observed after the repoint. As for
+//! Postgres, the servers are this bench binary: `heal` with
+//! `LivePool::mysql(..)` (defaults), the layer and `/health`; `restart` and
+//! `nothing` on a plain `MySqlPool` (sqlx defaults).
+//!
 //! Printed per run and as a summary (median and max over the rounds):
 //! requests failed from the fault on, the first clean second (a 1 s window
 //! with at least one 201, no failure and no request over 1 s) after the
-//! fault (SQLite) or the repoint (Postgres), restarts, and writes
+//! fault (SQLite) or the repoint (Postgres, MySQL), restarts, and writes
 //! acknowledged (201) but missing from the database at the end.
-//! `RECOVERY_ROUNDS` (default 3), `RECOVERY_ONLY` (`sqlite` or `postgres`)
+//! `RECOVERY_ROUNDS` (default 3), `RECOVERY_ONLY` (`sqlite`, `postgres` or
+//! `mysql`)
 //! and `RECOVERY_VARIANTS` (`heal,restart,nothing`) narrow a run;
 //! `RECOVERY_SERVER_LOG=1` shows the servers' logs (`RUST_LOG` applies).
 
+#[cfg(feature = "mysql")]
+#[path = "../tests/my_cluster/mod.rs"]
+mod my_cluster;
 #[path = "../tests/pg_cluster/mod.rs"]
 mod pg_cluster;
 #[path = "support/timeline.rs"]
@@ -92,6 +105,9 @@ const PG_OBSERVE: Duration = Duration::from_secs(10);
 const SQLITE_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)";
 const PG_TABLE: &str = "CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)";
+#[cfg(feature = "mysql")]
+const MY_TABLE: &str =
+    "CREATE TABLE notes (id BIGINT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL)";
 
 // ------------------------------------------------------------ server mode
 
@@ -118,6 +134,31 @@ async fn pg_live_add(
 
 async fn pg_plain_add(State(pool): State<PgPool>, body: String) -> Result<StatusCode, DbError> {
     pg_add(&pool, body).await
+}
+
+#[cfg(feature = "mysql")]
+async fn my_add(pool: &sqlx::MySqlPool, body: String) -> Result<StatusCode, DbError> {
+    sqlx::query("INSERT INTO notes (body) VALUES (?)")
+        .bind(body)
+        .execute(pool)
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[cfg(feature = "mysql")]
+async fn my_live_add(
+    State(live): State<LivePool<sqlx::MySql>>,
+    body: String,
+) -> Result<StatusCode, DbError> {
+    my_add(&live.pool(), body).await
+}
+
+#[cfg(feature = "mysql")]
+async fn my_plain_add(
+    State(pool): State<sqlx::MySqlPool>,
+    body: String,
+) -> Result<StatusCode, DbError> {
+    my_add(&pool, body).await
 }
 
 async fn sqlite_plain_add(
@@ -175,6 +216,42 @@ async fn serve(mode: &str, db: &str, addr: SocketAddr) -> Result<i32, BoxError> 
             let pool = PgPoolOptions::new().connect_with(db.parse()?).await?;
             let app = Router::new()
                 .route("/notes", post(pg_plain_add))
+                .with_state(pool.clone());
+            let listener = listen(addr).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(terminated())
+                .await?;
+            pool.close().await;
+            Ok(0)
+        }
+        #[cfg(feature = "mysql")]
+        "my-crate" => {
+            let live = LivePool::mysql(db.parse()?).open().await?;
+            let app = Router::new()
+                .route("/notes", post(my_live_add))
+                .layer(DbLivenessLayer::new(live.clone()))
+                .route_service("/health", HealthService::new(live.clone()))
+                .with_state(live.clone());
+            let listener = listen(addr).await?;
+            let given_up = live.given_up();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        () = given_up => {}
+                        () = terminated() => {}
+                    }
+                })
+                .await?;
+            live.close().await;
+            Ok(live.gave_up().map_or(0, |g| g.exit_code))
+        }
+        #[cfg(feature = "mysql")]
+        "my-plain" => {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .connect_with(db.parse()?)
+                .await?;
+            let app = Router::new()
+                .route("/notes", post(my_plain_add))
                 .with_state(pool.clone());
             let listener = listen(addr).await?;
             axum::serve(listener, app)
@@ -526,6 +603,8 @@ impl Variant {
 enum Backend {
     Sqlite,
     Postgres,
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    MySql,
 }
 
 struct Run {
@@ -781,6 +860,97 @@ async fn pg_run(variant: Variant, round: usize) -> Run {
     )
 }
 
+#[cfg(feature = "mysql")]
+async fn my_bodies(url: &str) -> HashSet<String> {
+    let mut conn = sqlx::MySqlConnection::connect(url)
+        .await
+        .expect("connect to the new primary");
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes")
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the notes");
+    let _ = conn.close().await;
+    bodies.into_iter().collect()
+}
+
+/// `pg_run` on a MariaDB primary + replica (`tests/my_cluster`).
+#[cfg(feature = "mysql")]
+async fn my_run(variant: Variant, round: usize) -> Run {
+    use my_cluster::Cluster;
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .expect("start")
+            .expect("start a MariaDB primary + replica (tests/my_cluster)"),
+    );
+    {
+        let mut conn = sqlx::MySqlConnection::connect(&cluster.url())
+            .await
+            .expect("connect");
+        sqlx::query(MY_TABLE)
+            .execute(&mut conn)
+            .await
+            .expect("create table");
+        let _ = conn.close().await;
+    }
+    let program = Program::Bench {
+        mode: match variant {
+            Variant::Heal => "my-crate",
+            Variant::Restart | Variant::Nothing => "my-plain",
+        },
+        db: cluster.url(),
+    };
+    let addr = free_addr();
+    let timeline = Arc::new(Timeline::new(CLIENTS));
+    let (fail_tx, fail_rx) = mpsc::unbounded_channel();
+    let server = supervise(
+        program,
+        addr,
+        variant == Variant::Restart,
+        Arc::clone(&timeline),
+        fail_rx,
+    )
+    .await;
+    let clients = load(
+        addr,
+        &format!("my-{}-{round}", variant.name()),
+        &timeline,
+        fail_tx,
+    );
+    tokio::time::sleep(PG_STEADY).await;
+    let fault = timeline.now();
+    let switching = Arc::clone(&cluster);
+    let new_primary = tokio::task::spawn_blocking(move || switching.switchover())
+        .await
+        .expect("the switchover panicked")
+        .expect("switchover");
+    tokio::time::sleep(PG_PINNED).await;
+    cluster.repoint(new_primary);
+    let repoint = timeline.now();
+    tokio::time::sleep(PG_OBSERVE).await;
+    let until = timeline.now();
+    let acked = clients.stop().await;
+    let restarts = server.stop().await;
+    let done = timeline.finish(until);
+    let stored = my_bodies(&cluster.direct_url(new_primary)).await;
+    let missing = acked
+        .iter()
+        .filter(|(_, body)| !stored.contains(body))
+        .count();
+    let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+    summarize(
+        (Backend::MySql, variant),
+        &done,
+        Marks {
+            fault,
+            reference: repoint,
+            until,
+        },
+        restarts,
+        missing,
+    )
+}
+
 // ------------------------------------------------------------ the example
 
 /// `target/<profile>`, from this bench's own path.
@@ -836,7 +1006,7 @@ fn print_run(round: usize, run: &Run) {
         .collect();
     let reference = match run.backend {
         Backend::Sqlite => "fault",
-        Backend::Postgres => "repoint",
+        Backend::Postgres | Backend::MySql => "repoint",
     };
     println!(
         "{:?} round {round} {:<7} | failed {:>5}{} (ok {:>5}) | clean second {} after the {reference}, \
@@ -845,7 +1015,9 @@ fn print_run(round: usize, run: &Run) {
         run.variant.name(),
         run.failed,
         match run.backend {
-            Backend::Postgres => format!(" ({} after the repoint)", run.failed_after_repoint),
+            Backend::Postgres | Backend::MySql => {
+                format!(" ({} after the repoint)", run.failed_after_repoint)
+            }
             Backend::Sqlite => String::new(),
         },
         run.ok_after_fault,
@@ -866,21 +1038,21 @@ fn print_run(round: usize, run: &Run) {
 fn print_summary(backend: Backend, runs: &[Run]) {
     let reference = match backend {
         Backend::Sqlite => "fault",
-        Backend::Postgres => "repoint",
+        Backend::Postgres | Backend::MySql => "repoint",
     };
     println!();
     println!("{backend:?}:");
     println!(
         "| variant | requests failed, median / max | {}first clean second after the {reference}, median / max | restarts, median | max latency | acknowledged but missing, max |",
         match backend {
-            Backend::Postgres => "failed after the repoint, median / max | ",
+            Backend::Postgres | Backend::MySql => "failed after the repoint, median / max | ",
             Backend::Sqlite => "",
         }
     );
     println!(
         "|---|---|{}---|---|---|---|",
         match backend {
-            Backend::Postgres => "---|",
+            Backend::Postgres | Backend::MySql => "---|",
             Backend::Sqlite => "",
         }
     );
@@ -909,7 +1081,7 @@ fn print_summary(backend: Backend, runs: &[Run]) {
             "| {} | {failed_med} / {failed_max} | {}{} / {} | {restarts_med} | {:.0} ms | {missing} |",
             variant.name(),
             match backend {
-                Backend::Postgres => format!("{after_med} / {after_max} | "),
+                Backend::Postgres | Backend::MySql => format!("{after_med} / {after_max} | "),
                 Backend::Sqlite => String::new(),
             },
             timeline::secs(clean_med),
@@ -971,7 +1143,21 @@ fn main() {
             }
         }
     }
-    for backend in [Backend::Sqlite, Backend::Postgres] {
+    #[cfg(feature = "mysql")]
+    if only.is_empty() || only == "mysql" {
+        for round in 0..rounds {
+            for i in 0..Variant::ALL.len() {
+                let variant = Variant::ALL[(round + i) % Variant::ALL.len()];
+                if !selected(variant) {
+                    continue;
+                }
+                let run = rt.block_on(my_run(variant, round + 1));
+                print_run(round + 1, &run);
+                runs.push(run);
+            }
+        }
+    }
+    for backend in [Backend::Sqlite, Backend::Postgres, Backend::MySql] {
         if runs.iter().any(|r| r.backend == backend) {
             print_summary(backend, &runs);
         }

@@ -6,6 +6,15 @@
 //! 30 s, the cluster's set-up included; it needs PostgreSQL's server binaries,
 //! see `tests/pg_cluster/mod.rs`).
 //!
+//! MySQL / MariaDB: `cargo run --release --example failover --features
+//! postgres,mysql -- --db mysql` replays the same on `tests/my_cluster` (a
+//! MariaDB primary m1, its GTID replica m2, the same kind of proxy; it needs
+//! `mariadb-server`): m1 is made read-only, m2 caught up, promoted and made
+//! writable, m1 made its replica and left up, the proxy left on m1 for 8 s,
+//! then repointed. The pools are the same with `MySqlPool` and
+//! `LivePool<MySql>`. MySQL has no `application_name`, so the connections at
+//! the end are counted for the three pools together.
+//!
 //! The cluster is `tests/pg_cluster`: a primary (n1), its streaming hot
 //! standby (n2), and a TCP proxy in front of them that plays the Kubernetes
 //! Service / VIP every pool connects through. The switchover is the
@@ -33,6 +42,9 @@
 //! in which at least one write succeeded and none failed; its row gives the
 //! time from the repoint to the window's start.
 
+#[cfg(feature = "mysql")]
+#[path = "../tests/my_cluster/mod.rs"]
+mod my_cluster;
 #[path = "../tests/pg_cluster/mod.rs"]
 mod pg_cluster;
 
@@ -43,13 +55,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use pg_cluster::{Cluster, Node};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tower::ServiceExt;
-use tower_db_liveness::{HealthService, LivePool, PoolStatus};
+use tower_db_liveness::{Backend, HealthService, LivePool, PoolStatus};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+/// One write of a pool: `Err` names what it failed with.
+type WriteFn = Arc<dyn Fn(i64) -> BoxFuture<Result<(), String>> + Send + Sync>;
+/// A hand-written `/health` over a plain pool.
+type ProbeFn = Box<dyn Fn() -> BoxFuture<String> + Send + Sync>;
 
 /// Steady writing before the switchover.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -64,7 +80,60 @@ const HEALTH_BOUND: Duration = Duration::from_millis(500);
 
 /// The pools, in the table's column order; also their `application_name`.
 const NAMES: [&str; 3] = ["plain-default", "plain-max2", "livepool"];
-const HEADINGS: [&str; 3] = ["PgPool (defaults)", "PgPool (max 2)", "LivePool<Postgres>"];
+
+/// What the demo needs of a database: its cluster, its three pools, and how
+/// to write, probe and count through them. The timeline and the table are
+/// the same for every database.
+struct Setup {
+    intro: &'static str,
+    headings: [&'static str; 3],
+    /// The old primary's and the new primary's names.
+    nodes: [&'static str; 2],
+    writes: [WriteFn; 3],
+    plain_health: [ProbeFn; 2],
+    health: HealthService,
+    status: tower_db_liveness::StatusWatch,
+    /// The switchover (blocking): returns once it is done.
+    switchover: Arc<dyn Fn() -> Result<(), Error> + Send + Sync>,
+    /// Points the proxy at the new primary.
+    repoint: Box<dyn Fn()>,
+    /// The connections at the end: a cell per pool, or one line for all.
+    connections: Box<dyn Fn() -> BoxFuture<Result<Connections, Error>>>,
+    close: Box<dyn FnOnce() -> BoxFuture<()>>,
+}
+
+enum Connections {
+    /// On the old / the new primary, per pool.
+    PerPool([String; 3]),
+    /// On the old / the new primary, all pools together.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    All(String),
+}
+
+#[derive(Clone, Copy)]
+enum Db {
+    Postgres,
+    #[cfg(feature = "mysql")]
+    MySql,
+}
+
+fn db_from_args() -> Result<Db, Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] | ["--db", "postgres"] => Ok(Db::Postgres),
+        #[cfg(feature = "mysql")]
+        ["--db", "mysql"] => Ok(Db::MySql),
+        other => Err(format!(
+            "usage: failover [--db postgres|mysql] (mysql needs the `mysql` feature); got {other:?}"
+        )
+        .into()),
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -77,67 +146,44 @@ async fn main() -> Result<(), Error> {
         )
         .init();
     let clock = Clock(Instant::now());
-
-    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
-    clock.event("cluster up: n1 primary, n2 its streaming standby, the proxy leads to n1");
-
-    let url: PgConnectOptions = cluster.url().parse()?;
-    let plain_default = PgPoolOptions::new()
-        .connect_with(url.clone().application_name(NAMES[0]))
-        .await?;
-    let plain_small = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(url.clone().application_name(NAMES[1]))
-        .await?;
-    let live = LivePool::postgres(url.clone().application_name(NAMES[2]))
-        // Instead of exiting, the demo prints a give-up (`watch_policy`).
-        .on_give_up(|_| {})
-        .open()
-        .await?;
-    sqlx::query(
-        "CREATE TABLE writes (id BIGSERIAL PRIMARY KEY, pool TEXT NOT NULL, n BIGINT NOT NULL)",
-    )
-    .execute(&plain_default)
-    .await?;
-    watch_policy(&live, clock);
+    let setup = match db_from_args()? {
+        Db::Postgres => postgres_setup().await?,
+        #[cfg(feature = "mysql")]
+        Db::MySql => mysql_setup().await?,
+    };
+    clock.event(setup.intro);
+    watch_policy(setup.status.clone(), clock);
+    let [old, new] = setup.nodes;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let loads = [
-        Load::start(clock, &stop, {
-            let pool = plain_default.clone();
-            move |n| plain_write(pool.clone(), NAMES[0], n)
-        }),
-        Load::start(clock, &stop, {
-            let pool = plain_small.clone();
-            move |n| plain_write(pool.clone(), NAMES[1], n)
-        }),
-        Load::start(clock, &stop, {
-            let live = live.clone();
-            move |n| live_write(live.clone(), n)
-        }),
-    ];
+    let loads = setup.writes.clone().map(|write| {
+        Load::start(clock, &stop, move |n| {
+            let write = Arc::clone(&write);
+            async move { write(n).await }
+        })
+    });
 
     tokio::time::sleep(WARM_UP).await;
     let switchover_at = clock.now();
-    clock.event("switchover starts: n1 stopped (fast)");
-    let new_primary = {
-        let cluster = Arc::clone(&cluster);
-        tokio::task::spawn_blocking(move || cluster.switchover()).await??
-    };
+    clock.event(&format!("switchover starts on {old}"));
+    {
+        let switchover = Arc::clone(&setup.switchover);
+        tokio::task::spawn_blocking(move || switchover()).await??;
+    }
     let pinned_at = clock.now();
     clock.event(&format!(
-        "switchover done: {new_primary} promoted, n1 restarted as its standby; the proxy still leads to n1"
+        "switchover done: {new} promoted, {old} now follows it; the proxy still leads to {old}"
     ));
 
     // While the proxy leads to the demoted node: what each /health says.
-    let health = HealthService::new(live.clone());
+    let health = setup.health.clone();
     let mut said: [BTreeMap<String, usize>; 3] = Default::default();
     let repoint_at = pinned_at + PINNED.as_secs_f64();
     let mut next = tokio::time::Instant::now();
     while clock.now() < repoint_at {
         let answers = tokio::join!(
-            select_one(&plain_default),
-            select_one(&plain_small),
+            (setup.plain_health[0])(),
+            (setup.plain_health[1])(),
             crate_health(&health),
         );
         for (tally, answer) in said.iter_mut().zip([answers.0, answers.1, answers.2]) {
@@ -147,14 +193,14 @@ async fn main() -> Result<(), Error> {
         tokio::time::sleep_until(next).await;
     }
 
-    cluster.repoint(new_primary);
+    (setup.repoint)();
     let repoint_at = clock.now();
-    clock.event(&format!("the proxy is repointed to {new_primary}"));
+    clock.event(&format!("the proxy is repointed to {new}"));
     tokio::time::sleep(AFTER).await;
     let end = clock.now();
     stop.store(true, Ordering::SeqCst);
 
-    let connections = connections(&cluster).await?;
+    let connections = (setup.connections)().await?;
     let results: Vec<Summary> = loads
         .iter()
         .map(|load| load.summary(switchover_at, repoint_at, end))
@@ -172,7 +218,7 @@ async fn main() -> Result<(), Error> {
             cells[0], cells[1], cells[2]
         );
     };
-    row("", HEADINGS.map(String::from));
+    row("", setup.headings.map(String::from));
     let each = |f: &dyn Fn(&Summary) -> String| -> [String; 3] {
         [f(&results[0]), f(&results[1]), f(&results[2])]
     };
@@ -198,18 +244,11 @@ async fn main() -> Result<(), Error> {
         }),
     );
     row("slowest write", each(&|s| s.slowest.clone()));
-    row(
-        "connections on n1 (demoted) / n2 at end",
-        NAMES.map(|name| {
-            let on = |node| {
-                connections
-                    .get(&(node, name.to_owned()))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            format!("{} / {}", on(Node::N1), on(Node::N2))
-        }),
-    );
+    let on_nodes = format!("connections on {old} (demoted) / {new} at end");
+    match connections {
+        Connections::PerPool(cells) => row(&on_nodes, cells),
+        Connections::All(all) => println!("{on_nodes}, the three pools together: {all}"),
+    }
     let samples = said[0].values().sum::<usize>();
     println!();
     println!("/health while the proxy led to the demoted node ({samples} samples, every 250 ms):");
@@ -218,21 +257,190 @@ async fn main() -> Result<(), Error> {
         "SELECT 1 on the pool",
         "HealthService",
     ];
-    for ((heading, probe), tally) in HEADINGS.iter().zip(probes).zip(&said) {
+    for ((heading, probe), tally) in setup.headings.iter().zip(probes).zip(&said) {
         println!("  {heading:<20} {probe:<22} {}", tally_text(tally));
     }
     println!();
     println!("failed writes by error:");
-    for (heading, summary) in HEADINGS.iter().zip(&results) {
+    for (heading, summary) in setup.headings.iter().zip(&results) {
         println!("  {heading:<20} {}", tally_text(&summary.errors));
     }
     println!();
     println!("whole run: {:.1} s", clock.now());
 
-    live.close().await;
-    plain_default.close().await;
-    plain_small.close().await;
+    (setup.close)().await;
     Ok(())
+}
+
+/// PostgreSQL: `tests/pg_cluster`, `PgPool`s and a `LivePool<Postgres>`,
+/// each pool with its own `application_name`.
+async fn postgres_setup() -> Result<Setup, Error> {
+    use pg_cluster::{Cluster, Node};
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
+    let url: PgConnectOptions = cluster.url().parse()?;
+    let plain_default = PgPoolOptions::new()
+        .connect_with(url.clone().application_name(NAMES[0]))
+        .await?;
+    let plain_small = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(url.clone().application_name(NAMES[1]))
+        .await?;
+    let live = LivePool::postgres(url.clone().application_name(NAMES[2]))
+        // Instead of exiting, the demo prints a give-up (`watch_policy`).
+        .on_give_up(|_| {})
+        .open()
+        .await?;
+    sqlx::query(
+        "CREATE TABLE writes (id BIGSERIAL PRIMARY KEY, pool TEXT NOT NULL, n BIGINT NOT NULL)",
+    )
+    .execute(&plain_default)
+    .await?;
+    const INSERT: &str = "INSERT INTO writes (pool, n) VALUES ($1, $2)";
+    let plain = |pool: &PgPool, name: &'static str| -> WriteFn {
+        let pool = pool.clone();
+        Arc::new(move |n| Box::pin(plain_write(pool.clone(), INSERT, name, n)))
+    };
+    let probe = |pool: &PgPool| -> ProbeFn {
+        let pool = pool.clone();
+        Box::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move { select_one(&pool).await })
+        })
+    };
+    Ok(Setup {
+        intro: "cluster up: n1 primary, n2 its streaming standby, the proxy leads to n1",
+        headings: ["PgPool (defaults)", "PgPool (max 2)", "LivePool<Postgres>"],
+        nodes: ["n1", "n2"],
+        writes: [
+            plain(&plain_default, NAMES[0]),
+            plain(&plain_small, NAMES[1]),
+            {
+                let live = live.clone();
+                Arc::new(move |n| Box::pin(live_write(live.clone(), INSERT, n)))
+            },
+        ],
+        plain_health: [probe(&plain_default), probe(&plain_small)],
+        health: HealthService::new(live.clone()),
+        status: live.subscribe(),
+        switchover: {
+            let cluster = Arc::clone(&cluster);
+            Arc::new(move || cluster.switchover().map(drop).map_err(Error::from))
+        },
+        repoint: {
+            let cluster = Arc::clone(&cluster);
+            Box::new(move || cluster.repoint(cluster.primary()))
+        },
+        connections: {
+            let cluster = Arc::clone(&cluster);
+            Box::new(move || {
+                let cluster = Arc::clone(&cluster);
+                Box::pin(async move {
+                    let found = connections(&cluster).await?;
+                    Ok(Connections::PerPool(NAMES.map(|name| {
+                        let on = |node| found.get(&(node, name.to_owned())).copied().unwrap_or(0);
+                        format!("{} / {}", on(Node::N1), on(Node::N2))
+                    })))
+                })
+            })
+        },
+        close: Box::new(move || {
+            Box::pin(async move {
+                live.close().await;
+                plain_default.close().await;
+                plain_small.close().await;
+                drop(cluster);
+            })
+        }),
+    })
+}
+
+/// MySQL / MariaDB: `tests/my_cluster`, `MySqlPool`s and a `LivePool<MySql>`.
+#[cfg(feature = "mysql")]
+async fn mysql_setup() -> Result<Setup, Error> {
+    use my_cluster::{Cluster, Node};
+    use sqlx::MySqlPool;
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await??);
+    let url: MySqlConnectOptions = cluster.url().parse()?;
+    let plain_default = MySqlPoolOptions::new().connect_with(url.clone()).await?;
+    let plain_small = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect_with(url.clone())
+        .await?;
+    let live = LivePool::mysql(url)
+        // Instead of exiting, the demo prints a give-up (`watch_policy`).
+        .on_give_up(|_| {})
+        .open()
+        .await?;
+    sqlx::query(
+        "CREATE TABLE writes (id BIGINT AUTO_INCREMENT PRIMARY KEY, pool TEXT NOT NULL, n BIGINT NOT NULL)",
+    )
+    .execute(&plain_default)
+    .await?;
+    const INSERT: &str = "INSERT INTO writes (pool, n) VALUES (?, ?)";
+    let plain = |pool: &MySqlPool, name: &'static str| -> WriteFn {
+        let pool = pool.clone();
+        Arc::new(move |n| Box::pin(plain_write(pool.clone(), INSERT, name, n)))
+    };
+    let probe = |pool: &MySqlPool| -> ProbeFn {
+        let pool = pool.clone();
+        Box::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move { select_one(&pool).await })
+        })
+    };
+    Ok(Setup {
+        intro: "cluster up: m1 primary, m2 its GTID replica (read_only), the proxy leads to m1",
+        headings: [
+            "MySqlPool (defaults)",
+            "MySqlPool (max 2)",
+            "LivePool<MySql>",
+        ],
+        nodes: ["m1", "m2"],
+        writes: [
+            plain(&plain_default, NAMES[0]),
+            plain(&plain_small, NAMES[1]),
+            {
+                let live = live.clone();
+                Arc::new(move |n| Box::pin(live_write(live.clone(), INSERT, n)))
+            },
+        ],
+        plain_health: [probe(&plain_default), probe(&plain_small)],
+        health: HealthService::new(live.clone()),
+        status: live.subscribe(),
+        switchover: {
+            let cluster = Arc::clone(&cluster);
+            Arc::new(move || cluster.switchover().map(drop).map_err(Error::from))
+        },
+        repoint: {
+            let cluster = Arc::clone(&cluster);
+            Box::new(move || cluster.repoint(cluster.primary()))
+        },
+        connections: {
+            let cluster = Arc::clone(&cluster);
+            Box::new(move || {
+                let cluster = Arc::clone(&cluster);
+                Box::pin(async move {
+                    let counts = tokio::task::spawn_blocking(move || {
+                        Ok::<_, my_cluster::ClusterError>((
+                            cluster.app_connections(Node::M1)?,
+                            cluster.app_connections(Node::M2)?,
+                        ))
+                    })
+                    .await??;
+                    Ok(Connections::All(format!("{} / {}", counts.0, counts.1)))
+                })
+            })
+        },
+        close: Box::new(move || {
+            Box::pin(async move {
+                live.close().await;
+                plain_default.close().await;
+                plain_small.close().await;
+                drop(cluster);
+            })
+        }),
+    })
 }
 
 /// Seconds since the start of the run.
@@ -251,8 +459,7 @@ impl Clock {
 
 /// Prints the `LivePool`'s policy as it changes: heal started, new
 /// generation, give-up.
-fn watch_policy(live: &LivePool<Postgres>, clock: Clock) {
-    let mut status = live.subscribe();
+fn watch_policy(mut status: tower_db_liveness::StatusWatch, clock: Clock) {
     tokio::spawn(async move {
         while let Some(now) = status.changed().await {
             clock.event(&match now {
@@ -276,8 +483,20 @@ fn watch_policy(live: &LivePool<Postgres>, clock: Clock) {
     });
 }
 
-async fn plain_write(pool: PgPool, name: &'static str, n: i64) -> Result<(), String> {
-    sqlx::query("INSERT INTO writes (pool, n) VALUES ($1, $2)")
+async fn plain_write<DB>(
+    pool: sqlx::Pool<DB>,
+    insert: &'static str,
+    name: &'static str,
+    n: i64,
+) -> Result<(), String>
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::query::<DB>(insert)
         .bind(name)
         .bind(n)
         .execute(&pool)
@@ -289,9 +508,16 @@ async fn plain_write(pool: PgPool, name: &'static str, n: i64) -> Result<(), Str
 /// The pool in service, and its errors reported to the policy, tagged with
 /// the generation that produced them. The report runs in the background:
 /// the write has failed either way.
-async fn live_write(live: LivePool<Postgres>, n: i64) -> Result<(), String> {
+async fn live_write<DB>(live: LivePool<DB>, insert: &'static str, n: i64) -> Result<(), String>
+where
+    DB: Backend,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+{
     let lease = live.lease();
-    let written = sqlx::query("INSERT INTO writes (pool, n) VALUES ($1, $2)")
+    let written = sqlx::query::<DB>(insert)
         .bind(NAMES[2])
         .bind(n)
         .execute(lease.pool())
@@ -306,9 +532,19 @@ async fn live_write(live: LivePool<Postgres>, n: i64) -> Result<(), String> {
     }
 }
 
-/// A short name for an error: the SQLSTATE, or the sqlx variant.
+/// A short name for an error: the SQLSTATE (MySQL: the error number, its
+/// SQLSTATE is a generic `HY000`), or the sqlx variant.
 fn kind(err: &sqlx::Error) -> String {
     match err {
+        #[cfg(feature = "mysql")]
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some() =>
+        {
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map_or("database".into(), |my| my.number().to_string())
+        }
         sqlx::Error::Database(db) => db.code().map_or("database".into(), |c| c.into_owned()),
         sqlx::Error::Io(io) => format!("Io({:?})", io.kind()),
         sqlx::Error::PoolClosed => "PoolClosed".into(),
@@ -319,8 +555,13 @@ fn kind(err: &sqlx::Error) -> String {
 }
 
 /// What a hand-written `/health` over a plain pool answers.
-async fn select_one(pool: &PgPool) -> String {
-    match tokio::time::timeout(HEALTH_BOUND, sqlx::query("SELECT 1").execute(pool)).await {
+async fn select_one<DB>(pool: &sqlx::Pool<DB>) -> String
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+{
+    match tokio::time::timeout(HEALTH_BOUND, sqlx::query::<DB>("SELECT 1").execute(pool)).await {
         Ok(Ok(_)) => "200 pass".into(),
         Ok(Err(err)) => format!("503 fail ({})", kind(&err)),
         Err(_) => "503 fail (no answer in 500 ms)".into(),
@@ -362,7 +603,10 @@ fn tally_text(tally: &BTreeMap<String, usize>) -> String {
 
 /// The app's backends per node and pool (`application_name`), read from
 /// `pg_stat_activity` on each node.
-async fn connections(cluster: &Cluster) -> Result<HashMap<(Node, String), i64>, Error> {
+async fn connections(
+    cluster: &pg_cluster::Cluster,
+) -> Result<HashMap<(pg_cluster::Node, String), i64>, Error> {
+    use pg_cluster::Node;
     let mut found = HashMap::new();
     for node in Node::ALL {
         let mut conn = PgConnection::connect(&cluster.superuser_url(node)).await?;

@@ -62,6 +62,9 @@ use crate::error::Marked;
 use crate::live_pool::{AnyLive, LivePool};
 use crate::shared::Backend;
 
+mod registry;
+use registry::Key;
+
 /// The tower layer: `.layer(DbLivenessLayer::new(live))` in any stack whose
 /// responses are `http::Response`s (axum, hyper, tonic, tower-http).
 ///
@@ -116,10 +119,13 @@ use crate::shared::Backend;
 /// # Cost
 ///
 /// With no heal in flight a request costs one atomic load (the generation
-/// and the healing flag share one word), a `LivePool` clone (a reference
-/// count increment) and, when the response has extensions, a lookup of the
-/// extension type: no allocation, no lock, no system call. Holding a
-/// request allocates its wait; finding an error allocates its message.
+/// and the healing flag share one word) and, when the response has
+/// extensions, a lookup of the extension type: no allocation, no lock, no
+/// system call, no reference count. The response future carries the
+/// generation and a key, not a `LivePool` clone; the pool is found by its
+/// key (a read lock on a small table of weak handles) only when there is a
+/// database error to report. Holding a request allocates its wait; finding
+/// an error allocates its message.
 ///
 /// # Errors of the inner service
 ///
@@ -131,6 +137,7 @@ use crate::shared::Backend;
 /// `Box<dyn Error + Send + Sync>` (tower's `BoxError`) and `anyhow::Error`.
 pub struct DbLivenessLayer<F = ErrorSources> {
     live: AnyLive,
+    key: Key,
     hold_timeout: Duration,
     _find: PhantomData<fn() -> F>,
 }
@@ -141,8 +148,10 @@ const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
 impl DbLivenessLayer {
     /// A layer reporting to `live`.
     pub fn new<DB: Backend>(live: LivePool<DB>) -> Self {
+        let live = live.erase();
         DbLivenessLayer {
-            live: live.erase(),
+            key: registry::register(&live),
+            live,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             _find: PhantomData,
         }
@@ -170,6 +179,7 @@ impl<F> DbLivenessLayer<F> {
     pub fn find_errors<G>(self) -> DbLivenessLayer<G> {
         DbLivenessLayer {
             live: self.live,
+            key: self.key,
             hold_timeout: self.hold_timeout,
             _find: PhantomData,
         }
@@ -180,6 +190,7 @@ impl<F> Clone for DbLivenessLayer<F> {
     fn clone(&self) -> Self {
         DbLivenessLayer {
             live: self.live.clone(),
+            key: self.key,
             hold_timeout: self.hold_timeout,
             _find: PhantomData,
         }
@@ -202,6 +213,7 @@ impl<S, F> Layer<S> for DbLivenessLayer<F> {
         DbLiveness {
             inner,
             live: self.live.clone(),
+            key: self.key,
             hold_timeout: self.hold_timeout,
             _find: PhantomData,
         }
@@ -258,6 +270,7 @@ impl<E: AsRef<dyn StdError + Send + Sync + 'static>> FindError<E> for BoxedError
 pub struct DbLiveness<S, F = ErrorSources> {
     inner: S,
     live: AnyLive,
+    key: Key,
     hold_timeout: Duration,
     _find: PhantomData<fn() -> F>,
 }
@@ -284,6 +297,7 @@ impl<S: Clone, F> Clone for DbLiveness<S, F> {
         DbLiveness {
             inner: self.inner.clone(),
             live: self.live.clone(),
+            key: self.key,
             hold_timeout: self.hold_timeout,
             _find: PhantomData,
         }
@@ -313,16 +327,22 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let (generation, healing) = self.live.load_state();
-        if healing {
-            return self.hold(request, generation);
-        }
+        // One construction for both paths: the inner future is built where
+        // it stays (a second return path made it a copy per request).
         ResponseFuture {
-            state: State::Calling {
-                fut: self.inner.call(request),
+            state: if healing {
+                State::Holding {
+                    held: self.hold(request),
+                }
+            } else {
+                State::Calling {
+                    fut: self.inner.call(request),
+                }
             },
-            live: self.live.clone(),
+            key: self.key,
             generation,
             _find: PhantomData,
         }
@@ -334,7 +354,7 @@ impl<S, F> DbLiveness<S, F> {
     /// request until the heal in flight has finished.
     #[cold]
     #[inline(never)]
-    fn hold<Req>(&mut self, request: Req, generation: u64) -> ResponseFuture<S, Req, F>
+    fn hold<Req>(&mut self, request: Req) -> Box<Held<S, Req>>
     where
         S: Service<Req> + Clone,
     {
@@ -351,20 +371,14 @@ impl<S, F> DbLiveness<S, F> {
             let _ = tokio::time::timeout(limit, live.healed()).await;
             crate::metrics::hold_ended(started.elapsed());
         });
-        ResponseFuture {
-            // Boxed: an inline request would make every response future (and
-            // each of its moves) larger.
-            state: State::Holding {
-                held: Box::new(Held {
-                    wait,
-                    service,
-                    request,
-                }),
-            },
+        // Boxed: an inline request would make every response future (and
+        // each of its moves) larger.
+        Box::new(Held {
+            wait,
             live: self.live.clone(),
-            generation,
-            _find: PhantomData,
-        }
+            service,
+            request,
+        })
     }
 }
 
@@ -373,6 +387,8 @@ type HoldWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A request held while a heal is in flight, with the service it will run on.
 struct Held<S, Req> {
     wait: HoldWait,
+    /// Whose generation the request runs on once the wait is over.
+    live: AnyLive,
     service: S,
     request: Req,
 }
@@ -385,7 +401,10 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
-        live: AnyLive,
+        // Not a `LivePool` clone: a reference count round trip per request
+        // was most of the layer's cost. The pool is looked up by its key
+        // only when there is something to report.
+        key: Key,
         generation: u64,
         _find: PhantomData<fn() -> F>,
     }
@@ -418,94 +437,129 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Holding { held } => {
-                    ready!(held.wait.as_mut().poll(cx));
-                    // The request runs on whatever pool is in service now.
-                    *this.generation = this.live.load_state().0;
-                    let StateProjReplace::Holding { held } =
-                        this.state.as_mut().project_replace(State::Swapping)
-                    else {
-                        unreachable!("the state was Holding a moment ago");
-                    };
-                    let Held {
-                        mut service,
-                        request,
-                        ..
-                    } = *held;
-                    let fut = service.call(request);
-                    this.state.set(State::Calling { fut });
-                }
-                StateProj::Calling { fut } => {
-                    let mut result = ready!(fut.poll(cx));
-                    inspect::<F, B, S::Error>(this.live, *this.generation, &mut result);
-                    return Poll::Ready(result);
-                }
-                StateProj::Swapping => unreachable!("Swapping never outlives a poll"),
+        if let StateProj::Holding { .. } = this.state.as_mut().project() {
+            ready!(wait_then_call(this.state.as_mut(), this.generation, cx));
+        }
+        let StateProj::Calling { fut } = this.state.project() else {
+            unreachable!("the request was called when the hold ended");
+        };
+        // A response without extensions (the common case) is handed on as
+        // it came, checked through a shared borrow; only one that carries
+        // extensions, or an error, goes out of line to be looked into.
+        // Lending the response itself to an out-of-line function would make
+        // the compiler copy every response twice.
+        match fut.poll(cx) {
+            Poll::Ready(Ok(response)) if !response.extensions().is_empty() => {
+                Poll::Ready(Ok(inspect_response(*this.key, *this.generation, response)))
             }
+            Poll::Ready(Err(err)) => {
+                Poll::Ready(Err(inspect_error::<F, _>(*this.key, *this.generation, err)))
+            }
+            other => other,
         }
     }
 }
 
-/// Looks for a database error in a finished request and reports it; a
-/// response marked with a fatal or transient one leaves as 503 with
-/// `Retry-After`, whatever status the code that marked it chose.
-fn inspect<F, B, E>(live: &AnyLive, generation: u64, result: &mut Result<http::Response<B>, E>)
+/// The held path: waits for the heal in flight (or the hold bound), then
+/// calls the held service and leaves the state `Calling`. Out of line, so
+/// the common path stays small.
+#[cold]
+#[inline(never)]
+fn wait_then_call<S, Req>(
+    mut state: Pin<&mut State<S, Req>>,
+    generation: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<()>
+where
+    S: Service<Req>,
+{
+    let StateProj::Holding { held } = state.as_mut().project() else {
+        return Poll::Ready(());
+    };
+    ready!(held.wait.as_mut().poll(cx));
+    // The request runs on whatever pool is in service now.
+    *generation = held.live.load_state().0;
+    let StateProjReplace::Holding { held } = state.as_mut().project_replace(State::Swapping) else {
+        unreachable!("the state was Holding a moment ago");
+    };
+    let Held {
+        mut service,
+        request,
+        ..
+    } = *held;
+    let fut = service.call(request);
+    state.set(State::Calling { fut });
+    Poll::Ready(())
+}
+
+/// Looks for a database error in a finished response's extensions and
+/// reports it; a response marked with a fatal or transient one leaves as 503
+/// with `Retry-After`, whatever status the code that marked it chose.
+#[inline(never)]
+fn inspect_response<B>(
+    key: Key,
+    generation: u64,
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let extensions = response.extensions();
+    if let Some(marked) = extensions.get::<Marked>() {
+        let live = registry::find(key);
+        report(
+            live.as_ref(),
+            generation,
+            "response extension",
+            marked.class,
+            marked.code,
+            &marked.message,
+        );
+        // The policy has decided by now: a transient error, or a
+        // fatal one that started a heal (or a give-up), means the
+        // database is unavailable; a fatal class still being
+        // checked (another file's damage, an app's own read-only
+        // transaction) keeps the status the code chose.
+        let failed = response.status().is_client_error() || response.status().is_server_error();
+        if failed
+            && (marked.class == ErrorClass::Transient
+                || (marked.class == ErrorClass::Fatal
+                    && live.as_ref().is_some_and(AnyLive::healing_or_gave_up)))
+        {
+            unavailable(&mut response);
+        }
+    } else if let Some(found) = tonic_status(extensions) {
+        report(
+            registry::find(key).as_ref(),
+            generation,
+            "tonic status",
+            found.class(),
+            found.code(),
+            &found,
+        );
+    }
+    response
+}
+
+/// Looks for a database error in the inner service's error and reports it;
+/// the error is handed back unchanged.
+#[cold]
+#[inline(never)]
+fn inspect_error<F, E>(key: Key, generation: u64, err: E) -> E
 where
     F: FindError<E>,
 {
-    match result {
-        Ok(response) => {
-            let extensions = response.extensions();
-            if let Some(marked) = extensions.get::<Marked>() {
-                report(
-                    live,
-                    generation,
-                    "response extension",
-                    marked.class,
-                    marked.code,
-                    &marked.message,
-                );
-                // The policy has decided by now: a transient error, or a
-                // fatal one that started a heal (or a give-up), means the
-                // database is unavailable; a fatal class still being
-                // checked (another file's damage, an app's own read-only
-                // transaction) keeps the status the code chose.
-                let failed =
-                    response.status().is_client_error() || response.status().is_server_error();
-                if failed
-                    && (marked.class == ErrorClass::Transient
-                        || (marked.class == ErrorClass::Fatal && live.healing_or_gave_up()))
-                {
-                    unavailable(response);
-                }
-            } else if let Some(found) = tonic_status(extensions) {
-                report(
-                    live,
-                    generation,
-                    "tonic status",
-                    found.class(),
-                    found.code(),
-                    &found,
-                );
-            }
-        }
-        Err(err) => {
-            if let Some(found) = F::find(err).and_then(find_in_chain) {
-                report(
-                    live,
-                    generation,
-                    "service error",
-                    found.class(),
-                    found.code(),
-                    &found,
-                );
-            }
-        }
+    if let Some(found) = F::find(&err).and_then(find_in_chain) {
+        report(
+            registry::find(key).as_ref(),
+            generation,
+            "service error",
+            found.class(),
+            found.code(),
+            &found,
+        );
     }
+    err
 }
 
 /// Makes a response whose database was unavailable say so: 503 and
@@ -537,7 +591,7 @@ fn tonic_status(_: &http::Extensions) -> Option<Found<'_>> {
 }
 
 fn report(
-    live: &AnyLive,
+    live: Option<&AnyLive>,
     generation: u64,
     via: &'static str,
     class: ErrorClass,
@@ -545,6 +599,12 @@ fn report(
     err: &dyn fmt::Display,
 ) {
     tracing::debug!(via, generation, %class, %code, "the layer found a database error");
+    let Some(live) = live else {
+        // Every handle to the pool (the layer's included) was dropped while
+        // the request ran: there is no pool left to heal.
+        tracing::debug!(via, generation, "the pool is gone; nothing to report to");
+        return;
+    };
     // The policy decides and, for a fatal error, starts the heal before this
     // returns; the returned future would only wait for the outcome, which
     // the response does not (see "The heal runs beside the response").

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::mysql::MySqlDatabaseError;
+
 /// A write that takes longer than this spoils the seconds it spans.
 pub const SLOW: Duration = Duration::from_secs(1);
 
@@ -175,12 +177,17 @@ pub fn max_latency_after(done: &[Done], from: Duration) -> Duration {
 }
 
 /// A short name for a `sqlx::Error`: the SQLSTATE (or SQLite code) of a
-/// database error, the I/O error kind, or the variant.
+/// database error (MySQL's: its error number), the I/O error kind, or the
+/// variant.
 pub fn kind_of(err: &sqlx::Error) -> String {
     match err {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("db {code}"),
-            None => "db".into(),
+        // MySQL's SQLSTATE is generic (`HY000` for a read-only server):
+        // its error number tells the errors apart.
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<MySqlDatabaseError>() {
+            Some(my) => format!("db {}", my.number()),
+            None => db
+                .code()
+                .map_or_else(|| "db".into(), |code| format!("db {code}")),
         },
         sqlx::Error::Io(io) => format!("io {:?}", io.kind()),
         sqlx::Error::PoolClosed => "PoolClosed".into(),

@@ -201,4 +201,14 @@ impl WeakAnyLive {
     pub(crate) fn upgrade(&self) -> Option<AnyLive> {
         self.0.upgrade().map(AnyLive)
     }
+
+    /// `false` once every [`AnyLive`] and `LivePool` of the pool is gone.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// Whether this is a handle to the same pool as `live`.
+    pub(crate) fn points_to(&self, live: &AnyLive) -> bool {
+        std::ptr::addr_eq(self.0.as_ptr(), Arc::as_ptr(&live.0))
+    }
 }
