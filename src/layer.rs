@@ -99,6 +99,12 @@ use registry::Key;
 ///    marked it chose. A fatal class the policy still checks (another
 ///    file's damage, an application's own read-only transaction) and a
 ///    success keep their status.
+///    An error status to a request whose pool was found dead while it ran
+///    (a heal in flight or a give-up now, or its generation replaced since
+///    it started) leaves as 503 with `Retry-After` too, marked or not:
+///    whatever the application made of the dead pool's error, the retry is
+///    held and lands on the healed pool (or the restarted process), and a
+///    request that failed for its own reasons gets the same answer then.
 ///    A middleware that swallows a database error into its own status (a
 ///    session lookup answering 401 for every error) marks its response
 ///    (`(StatusCode::UNAUTHORIZED, ErrorMark::from(&err)).into_response()`
@@ -119,8 +125,9 @@ use registry::Key;
 /// # Cost
 ///
 /// With no heal in flight a request costs one atomic load (the generation
-/// and the healing flag share one word) and, when the response has
-/// extensions, a lookup of the extension type: no allocation, no lock, no
+/// and the healing flag share one word), a look at the status and, when
+/// the response has extensions or an error status, a lookup of the
+/// extension type: no allocation, no lock, no
 /// system call, no reference count. The response future carries the
 /// generation and a key, not a `LivePool` clone; the pool is found by its
 /// key (a read lock on a small table of weak handles) only when there is a
@@ -446,13 +453,14 @@ where
         let StateProj::Calling { fut } = this.state.project() else {
             unreachable!("the request was called when the hold ended");
         };
-        // A response without extensions (the common case) is handed on as
-        // it came, checked through a shared borrow; only one that carries
-        // extensions, or an error, goes out of line to be looked into.
+        // A success without extensions (the common case) is handed on as
+        // it came, checked through a shared borrow; only an error status,
+        // one that carries extensions, or an error, goes out of line to be
+        // looked into.
         // Lending the response itself to an out-of-line function would make
         // the compiler copy every response twice.
         match fut.poll(cx) {
-            Poll::Ready(Ok(response)) if !response.extensions().is_empty() => {
+            Poll::Ready(Ok(response)) if !response.extensions().is_empty() || failed(&response) => {
                 Poll::Ready(Ok(inspect_response(*this.key, *this.generation, response)))
             }
             Poll::Ready(Err(err)) => {
@@ -504,6 +512,7 @@ fn inspect_response<B>(
     generation: u64,
     mut response: http::Response<B>,
 ) -> http::Response<B> {
+    let failed = failed(&response);
     let extensions = response.extensions();
     if let Some(marked) = extensions.get::<Marked>() {
         let live = registry::find(key);
@@ -520,7 +529,6 @@ fn inspect_response<B>(
         // database is unavailable; a fatal class still being
         // checked (another file's damage, an app's own read-only
         // transaction) keeps the status the code chose.
-        let failed = response.status().is_client_error() || response.status().is_server_error();
         if failed
             && (marked.class == ErrorClass::Transient
                 || (marked.class == ErrorClass::Fatal
@@ -538,7 +546,25 @@ fn inspect_response<B>(
             &found,
         );
     }
+    // An error status, marked or not, to a request whose pool was found
+    // dead while it ran (a heal or a give-up since it started): whatever the
+    // application made of the dead pool's error (a session middleware's
+    // 401, a 404 from a read that failed), the client's retry is held and
+    // lands on the healed pool; a request that failed for its own reasons
+    // gets the same answer on the retry.
+    if failed
+        && response.status() != http::StatusCode::SERVICE_UNAVAILABLE
+        && registry::find(key).is_some_and(|live| live.overlaps_a_fault(generation))
+    {
+        unavailable(&mut response);
+    }
     response
+}
+
+/// A 4xx or 5xx.
+#[inline]
+fn failed<B>(response: &http::Response<B>) -> bool {
+    response.status().is_client_error() || response.status().is_server_error()
 }
 
 /// Looks for a database error in the inner service's error and reports it;

@@ -81,3 +81,67 @@ async fn a_marked_success_stays_a_success() -> TestResult {
     other.close().await;
     Ok(())
 }
+
+/// A middleware that swallows the database's error into its own 401 and
+/// marks nothing: a request in flight when its pool was found dead is
+/// answered 503 with `Retry-After` (its retry is held and lands after the
+/// heal or the restart), never the 401 that would log the client out. Its
+/// own 401 with no fault stays a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmarked_error_while_the_pool_died_is_503_not_the_apps_status() -> TestResult {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    // DELETE journal: a write on the unlinked file fails (1032).
+    let db = TestDb::new(SqliteJournalMode::Delete)?;
+    let (live, _, mut exits) = open_live(&db, |b| b).await?;
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let service = {
+        let (live, started, release) = (live.clone(), started.clone(), release.clone());
+        DbLivenessLayer::new(live.clone()).layer(service_fn(move |request: http::Request<()>| {
+            let (live, started, release) = (live.clone(), started.clone(), release.clone());
+            async move {
+                let pool = live.pool();
+                if request.uri().path() == "/slow" {
+                    started.notify_one();
+                    release.notified().await;
+                }
+                // A session lookup that answers 401 for every failure, its
+                // database errors included.
+                let looked_up = sqlx::query("INSERT INTO notes(body) VALUES ('session')")
+                    .execute(&pool)
+                    .await;
+                let mut response = http::Response::new(());
+                if looked_up.is_err() || request.uri().path() == "/nobody" {
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        }))
+    };
+    let request = |path: &str| http::Request::get(path).body(());
+
+    let own = service.clone().oneshot(request("/nobody")?).await?;
+    assert_eq!(own.status(), 401, "the app's own 401, no fault");
+    assert!(own.headers().get("retry-after").is_none());
+
+    let in_flight = tokio::spawn(service.clone().oneshot(request("/slow")?));
+    started.notified().await;
+    db.unlink_files()?;
+    let _ = live.check_file().await;
+    common::within("the give-up", exits.next())
+        .await?
+        .ok_or("no give-up")?;
+    release.notify_one();
+    let response = in_flight.await??;
+    assert_eq!(
+        response.status(),
+        503,
+        "not the middleware's 401 for the dead pool's error"
+    );
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    Ok(())
+}

@@ -125,6 +125,13 @@ impl AnyLive {
         self.0.healing_or_gave_up()
     }
 
+    /// `true` when a request that started on `generation` overlapped a
+    /// fatal fault: a heal in flight or a give-up now, or its generation
+    /// replaced since.
+    pub(crate) fn overlaps_a_fault(&self, generation: u64) -> bool {
+        self.healing_or_gave_up() || self.generation() != generation
+    }
+
     pub(crate) fn status(&self) -> PoolStatus {
         self.0.status()
     }
