@@ -45,6 +45,23 @@ async fn restart(path: &Path) -> Result<i64, String> {
     Ok(tables)
 }
 
+/// Twelve notes, the files unlinked, the give-up: where the rescue went.
+async fn rescue_after_unlink(
+    db: &TestDb,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let (live, _reopens, mut exits) = open_live(db, |b| b).await?;
+    for i in 0..12 {
+        insert(&live.pool(), &format!("note {i}")).await?;
+    }
+    db.unlink_files()?;
+    let _ = live.check_file().await;
+    let gave_up = within("the give-up", exits.next())
+        .await?
+        .ok_or("no give-up")?;
+    live.close().await;
+    Ok(gave_up.rescue.ok_or("no rescue")?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_refuses_while_only_a_temporary_copy_exists() -> TestResult {
     // A Kubernetes fsGroup volume: the data directory group-writable, under
@@ -127,17 +144,7 @@ async fn a_volume_mounted_at_the_data_directory_keeps_its_rescue() -> TestResult
         path: disk.path().join("app.db"),
         journal: SqliteJournalMode::Wal,
     };
-    let (live, _reopens, mut exits) = open_live(&db, |b| b).await?;
-    for i in 0..12 {
-        insert(&live.pool(), &format!("note {i}")).await?;
-    }
-    db.unlink_files()?;
-    let _ = live.check_file().await;
-    let gave_up = within("the give-up", exits.next())
-        .await?
-        .ok_or("no give-up")?;
-    live.close().await;
-    let rescue = gave_up.rescue.ok_or("no rescue")?;
+    let rescue = rescue_after_unlink(&db).await?;
     assert_eq!(
         std::fs::metadata(&rescue)?.dev(),
         std::fs::metadata(disk.path())?.dev(),
@@ -153,17 +160,7 @@ async fn a_volume_mounted_at_the_data_directory_keeps_its_rescue() -> TestResult
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loosened_rescue_directory_refuses_the_restart() -> TestResult {
     let db = TestDb::new(SqliteJournalMode::Wal)?;
-    let (live, _reopens, mut exits) = open_live(&db, |b| b).await?;
-    for i in 0..12 {
-        insert(&live.pool(), &format!("note {i}")).await?;
-    }
-    db.unlink_files()?;
-    let _ = live.check_file().await;
-    let gave_up = within("the give-up", exits.next())
-        .await?
-        .ok_or("no give-up")?;
-    live.close().await;
-    let rescue = gave_up.rescue.ok_or("no rescue")?;
+    let rescue = rescue_after_unlink(&db).await?;
     let private = rescue.parent().ok_or("the rescue has no directory")?;
     // An operator's `chmod -R g+w` of the data tree.
     std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o770))?;

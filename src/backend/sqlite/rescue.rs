@@ -161,11 +161,9 @@ fn is_fallback(name: &str, primary: &str) -> bool {
         .is_some_and(|random| random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The crate's private rescue directories for `db_path` under `parent`
-/// that exist: the one of its own name, and any made under a fresh name
-/// because that name was taken by something not this user's. Only
-/// directories that pass [`PrivateDir::open_existing`] count.
-pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
+/// The names a rescue directory for `db_path` under `parent` may have: its
+/// own, and the fallbacks found there.
+fn dir_names(parent: &Path, db_path: &Path) -> Vec<String> {
     let primary = dir_name(parent, db_path);
     let mut names = vec![primary.clone()];
     if let Ok(entries) = std::fs::read_dir(parent) {
@@ -177,6 +175,14 @@ pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
         );
     }
     names
+}
+
+/// The crate's private rescue directories for `db_path` under `parent`
+/// that exist: the one of its own name, and any made under a fresh name
+/// because that name was taken by something not this user's. Only
+/// directories that pass [`PrivateDir::open_existing`] count.
+pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
+    dir_names(parent, db_path)
         .iter()
         .filter(|name| std::fs::symlink_metadata(parent.join(name)).is_ok())
         .filter_map(|name| PrivateDir::open_existing(parent, name).ok())
@@ -189,17 +195,7 @@ pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
 /// may be. Its path and mode.
 pub(crate) fn loose_own_dir(parent: &Path, db_path: &Path) -> Option<(PathBuf, u32)> {
     use std::os::unix::fs::MetadataExt;
-    let primary = dir_name(parent, db_path);
-    let mut names = vec![primary.clone()];
-    if let Ok(entries) = std::fs::read_dir(parent) {
-        names.extend(
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| is_fallback(name, &primary)),
-        );
-    }
-    names.iter().find_map(|name| {
+    dir_names(parent, db_path).iter().find_map(|name| {
         let path = parent.join(name);
         let meta = std::fs::symlink_metadata(&path).ok()?;
         let mode = meta.mode() & 0o7777;
