@@ -170,7 +170,8 @@ pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Opti
     for (parent, db) in places {
         // Fail closed: a restart must not start empty because the marker
         // sits in a directory nobody should trust any more.
-        if let Some((loose, mode)) = rescue::loose_own_dir(&parent, &db) {
+        let (dirs, loose) = rescue::own_dirs(&parent, &db);
+        if let Some((loose, mode)) = loose {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
@@ -181,7 +182,7 @@ pub(crate) fn find(db_path: &Path, rescue_dir: Option<&Path>) -> io::Result<Opti
                 ),
             ));
         }
-        for private in rescue::existing_dirs(&parent, &db) {
+        for private in dirs {
             // Cheap first: most starts find nothing.
             if rustix::fs::statat(&private.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
                 continue;
@@ -392,7 +393,7 @@ pub(crate) fn leftovers(db_path: &Path, rescue_dir: Option<&Path>) -> Leftovers 
     // another database of the same file name has its own.
     let mut listed: Vec<PathBuf> = Vec::new();
     for (parent, db) in rescue_places(db_path, rescue_dir) {
-        for private in rescue::existing_dirs(&parent, &db) {
+        for private in rescue::own_dirs(&parent, &db).0 {
             if listed.contains(&private.path) {
                 continue;
             }

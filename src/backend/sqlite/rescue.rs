@@ -180,27 +180,32 @@ fn dir_names(parent: &Path, db_path: &Path) -> Vec<String> {
 /// The crate's private rescue directories for `db_path` under `parent`
 /// that exist: the one of its own name, and any made under a fresh name
 /// because that name was taken by something not this user's. Only
-/// directories that pass [`PrivateDir::open_existing`] count.
-pub(crate) fn existing_dirs(parent: &Path, db_path: &Path) -> Vec<PrivateDir> {
-    dir_names(parent, db_path)
-        .iter()
-        .filter(|name| std::fs::symlink_metadata(parent.join(name)).is_ok())
-        .filter_map(|name| PrivateDir::open_existing(parent, name).ok())
-        .collect()
-}
-
-/// A rescue directory for `db_path` under `parent` that is this user's but
-/// can be written by others (an operator's `chmod -R g+w`, a restore that
-/// dropped its mode): what is in it cannot be trusted, and a restore marker
-/// may be. Its path and mode.
-pub(crate) fn loose_own_dir(parent: &Path, db_path: &Path) -> Option<(PathBuf, u32)> {
+/// directories that pass [`PrivateDir::open_existing`] count. Also the
+/// first one that is this user's but can be written by others (an
+/// operator's `chmod -R g+w`, a restore that dropped its mode): what is in
+/// it cannot be trusted, and a restore marker may be. Its path and mode.
+pub(crate) fn own_dirs(parent: &Path, db_path: &Path) -> (Vec<PrivateDir>, Option<(PathBuf, u32)>) {
     use std::os::unix::fs::MetadataExt;
-    dir_names(parent, db_path).iter().find_map(|name| {
-        let path = parent.join(name);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
+    let (mut dirs, mut loose) = (Vec::new(), None);
+    for name in dir_names(parent, db_path) {
+        let path = parent.join(&name);
+        // One lstat rules out what is not this user's directory (a
+        // squatter's decoys, however many) before the full check on a
+        // descriptor.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != euid() {
+            continue;
+        }
         let mode = meta.mode() & 0o7777;
-        (meta.is_dir() && meta.uid() == euid() && mode & 0o022 != 0).then_some((path, mode))
-    })
+        if mode & 0o022 != 0 {
+            loose.get_or_insert((path, mode));
+        } else if let Ok(dir) = PrivateDir::open_existing(parent, &name) {
+            dirs.push(dir);
+        }
+    }
+    (dirs, loose)
 }
 
 fn file_stem(db_path: &Path) -> String {
