@@ -68,7 +68,7 @@ async fn a_restart_refuses_while_only_a_temporary_copy_exists() -> TestResult {
     // a directory of another user: no place near the database is trusted.
     // (Not under the temporary directory: a rescue there would last as
     // long as the database.)
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let root = common::outside_temporary_dir()?;
     let volume = root.path().join("volume");
     let dir = volume.join("data");
     std::fs::create_dir_all(&dir)?;

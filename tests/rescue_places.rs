@@ -118,7 +118,7 @@ async fn a_copy_only_in_the_temporary_directory_is_not_a_saved_rescue() -> TestR
 async fn only_a_temporary_copy(removal: Removal) -> TestResult {
     eprintln!("{removal:?}");
     // A persistent volume: not under the temporary directory.
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let root = common::outside_temporary_dir()?;
     let volume = root.path().join("volume");
     let dir = volume.join("data");
     std::fs::create_dir_all(&dir)?;

@@ -416,3 +416,18 @@ impl Drop for SmallDisk {
         }
     }
 }
+
+/// A directory for a database that must not live in the temporary
+/// directory (a rescue there would count as durable): under the cargo
+/// target's, unless the checkout itself is in the temporary directory (a
+/// CI clone in `/tmp`), then under `/var/tmp`.
+pub fn outside_temporary_dir() -> std::io::Result<tempfile::TempDir> {
+    let temp = std::fs::canonicalize(std::env::temp_dir())?;
+    let target = std::fs::canonicalize(env!("CARGO_TARGET_TMPDIR"))?;
+    let base = if target.starts_with(&temp) {
+        PathBuf::from("/var/tmp")
+    } else {
+        target
+    };
+    tempfile::tempdir_in(base)
+}
