@@ -85,10 +85,15 @@ pub trait Sealed: sqlx::Database + Sized {
     fn retire(policy: &PolicyRef<Self>, old: Arc<Generation<Self>>);
 
     /// Closes a generation that failed verification, in the background.
-    fn discard(generation: Generation<Self>);
+    fn discard(generation: Generation<Self>) {
+        tokio::spawn(async move { generation.pool.close().await });
+    }
 
-    /// Closes the generation in service (from `LivePool::close`).
-    fn close(generation: &Generation<Self>) -> impl Future<Output = ()> + Send;
+    /// What else the generation in service holds, closed after its pool
+    /// (from `LivePool::close`): nothing, but for SQLite's sentinel.
+    fn close(_generation: &Generation<Self>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// The health probe's read of the generation in service; a fatal
     /// finding is handed to the policy. `stuck` counts probes in a row

@@ -148,12 +148,6 @@ impl Sealed for Postgres {
         super::retire_server_pool(inner, old);
     }
 
-    fn discard(generation: Generation<Self>) {
-        tokio::spawn(async move { generation.pool.close().await });
-    }
-
-    async fn close(_generation: &Generation<Self>) {}
-
     async fn probe(policy: &PolicyRef<Self>, bound: Duration, stuck: &AtomicU32) -> (u64, Finding) {
         probe(policy, bound, stuck).await
     }
