@@ -137,6 +137,69 @@ async fn read_only_clears_while_every_connection_is_busy() -> TestResult {
     Ok(())
 }
 
+/// A burst of read-only errors from a busy pool (an application's own READ
+/// ONLY transactions, on a primary that takes writes) is confirmed by one
+/// check, which the reports that come while it runs join: not one query per
+/// report on the pool's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_read_only_errors_costs_one_check() -> TestResult {
+    use sqlx::Connection;
+
+    let cluster = cluster();
+    let live = LivePool::mysql(options(&cluster))
+        .pool_options(MySqlPoolOptions::new().max_connections(10))
+        .check_interval(None) // no background check in the count
+        .open()
+        .await?;
+    create_table(&live).await?;
+    // Idle connections for the checks to take.
+    let pool = live.pool();
+    let mut warm = Vec::new();
+    for _ in 0..8 {
+        warm.push(pool.acquire().await?);
+    }
+    drop(warm);
+    let lease = live.lease();
+    let mut tx = lease
+        .pool()
+        .begin_with("START TRANSACTION READ ONLY")
+        .await?;
+    let err = sqlx::query("INSERT INTO t (v) VALUES ('ro')")
+        .execute(&mut *tx)
+        .await
+        .expect_err("a write in a READ ONLY transaction");
+    assert_eq!(number(&err), Some(1792), "{err}");
+
+    // The server's count of SELECTs (the check is one); SHOW is not one.
+    let mut admin = sqlx::MySqlConnection::connect_with(&options(&cluster)).await?;
+    let mut selects = async || -> sqlx::Result<u64> {
+        let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            .fetch_one(&mut admin)
+            .await?;
+        Ok(value.parse().unwrap_or_default())
+    };
+    let before = selects().await?;
+    // Each report is decided when it is made: all fifty before any check ends.
+    let reports: Vec<_> = (0..50).map(|_| lease.report(&err)).collect();
+    let mut outcomes = Vec::new();
+    for report in reports {
+        outcomes.push(report.await);
+    }
+    let checks = selects().await? - before;
+    tx.rollback().await?;
+
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Ignored(ErrorClass::Other))),
+        "{outcomes:?}"
+    );
+    assert!(checks <= 2, "{checks} SELECTs for 50 reports");
+    assert_eq!(live.generation(), 0);
+    live.close().await;
+    Ok(())
+}
+
 /// The switchover of the measurements (S2): the old primary stays up and
 /// only flips read_only; the endpoint stays on it for 8 s, then moves.
 async fn switchover(max_connections: u32) -> TestResult {
