@@ -554,12 +554,17 @@ impl Cluster {
                     &n.log,
                 ));
             }
+            // Ours, not another server that holds the port (one of another
+            // test's clusters, when this one could not bind it and is about
+            // to exit on "Address already in use"): its pid file says.
             let url = url.clone();
+            let ours = n.pid.display().to_string();
             let last = match block_on(async move {
-                tokio::time::timeout(ATTEMPT_BOUND, fetch::<i64>(&url, "SELECT 1")).await
+                tokio::time::timeout(ATTEMPT_BOUND, fetch::<String>(&url, "SELECT @@pid_file"))
+                    .await
             }) {
-                Ok(Ok(Ok(1))) => return Ok(()),
-                Ok(Ok(Ok(other))) => format!("SELECT 1 answered {other}"),
+                Ok(Ok(Ok(pid_file))) if pid_file == ours => return Ok(()),
+                Ok(Ok(Ok(other))) => format!("another server answers on the port ({other})"),
                 Ok(Ok(Err(e))) => e.to_string(),
                 Ok(Err(_)) => format!("one attempt took over {ATTEMPT_BOUND:?}"),
                 Err(e) => e.0,
