@@ -113,6 +113,37 @@ pub(crate) fn begin_server_heal<DB: Sealed>(
     policy.budget_exceeded(old, recurrence)
 }
 
+/// A server backend's heal, waiting for a writable primary: each failed
+/// attempt published (`AwaitingPrimary`, what readiness and `subscribe`
+/// show), and what it gives up with when none came in time.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) struct AwaitingPrimary<'a, DB: Sealed> {
+    pub(crate) policy: &'a PolicyRef<DB>,
+    /// The generation being replaced.
+    pub(crate) generation: u64,
+    pub(crate) fault: &'a Fault,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<DB: Sealed> AwaitingPrimary<'_, DB> {
+    pub(crate) fn failed(&self, attempts: u32, last: &str) {
+        self.policy
+            .publish(crate::shared::PoolStatus::AwaitingPrimary {
+                generation: self.generation,
+                fault: self.fault.clone(),
+                attempts,
+                last: last.to_owned(),
+            });
+    }
+
+    pub(crate) fn gave_up(&self, why: String) -> GiveUpReason {
+        GiveUpReason::ReopenFailed(format!(
+            "no writable primary within {:?}: {why}",
+            self.policy.config().reopen_timeout
+        ))
+    }
+}
+
 /// A server backend's replaced generation: its pool closed in the
 /// background, bounded by the close timeout.
 #[cfg(any(feature = "postgres", feature = "mysql"))]

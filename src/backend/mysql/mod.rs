@@ -40,7 +40,7 @@ use super::SingleCheck;
 use super::jitter;
 use crate::shared::{
     Backend, Code, Detail, ErrorClass, Fault, Finding, Generation, GiveUpReason, Outcome, Policy,
-    PolicyRef, PoolStatus, Sealed, Triage, class, deadline_after,
+    PolicyRef, Sealed, Triage, class, deadline_after,
 };
 
 /// What only a MySQL builder sets.
@@ -318,23 +318,16 @@ async fn reopen(
 ) -> Result<Generation<MySql>, GiveUpReason> {
     let state = inner.state();
     let deadline = deadline_after(inner.config().reopen_timeout);
+    let awaiting = super::AwaitingPrimary {
+        policy: inner,
+        generation: number - 1,
+        fault,
+    };
     loop {
-        let failed = |attempts, last: &str| {
-            inner.publish(PoolStatus::AwaitingPrimary {
-                generation: number - 1,
-                fault: fault.clone(),
-                attempts,
-                last: last.to_owned(),
-            });
-        };
+        let failed = |attempts, last: &str| awaiting.failed(attempts, last);
         wait_for_writable(&state.connect, deadline, || inner.is_closed(), failed)
             .await
-            .map_err(|why| {
-                GiveUpReason::ReopenFailed(format!(
-                    "no writable primary within {:?}: {why}",
-                    inner.config().reopen_timeout
-                ))
-            })?;
+            .map_err(|why| awaiting.gave_up(why))?;
         if inner.is_closed() {
             return Err(GiveUpReason::ReopenFailed("the LivePool was closed".into()));
         }

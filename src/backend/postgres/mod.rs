@@ -222,24 +222,17 @@ async fn reopen(
 ) -> Result<Generation<Postgres>, GiveUpReason> {
     let state = inner.state();
     let deadline = deadline_after(spread(inner.config().reopen_timeout));
+    let awaiting = super::AwaitingPrimary {
+        policy: inner,
+        generation: number - 1,
+        fault,
+    };
     loop {
         if state.settings.expect == Expect::Writable {
-            let failed = |attempts, last: &str| {
-                inner.publish(PoolStatus::AwaitingPrimary {
-                    generation: number - 1,
-                    fault: fault.clone(),
-                    attempts,
-                    last: last.to_owned(),
-                });
-            };
+            let failed = |attempts, last: &str| awaiting.failed(attempts, last);
             wait_for_primary(&state.connect, deadline, || inner.is_closed(), failed)
                 .await
-                .map_err(|why| {
-                    GiveUpReason::ReopenFailed(format!(
-                        "no writable primary within {:?}: {why}",
-                        inner.config().reopen_timeout
-                    ))
-                })?;
+                .map_err(|why| awaiting.gave_up(why))?;
         }
         if inner.is_closed() {
             return Err(GiveUpReason::ReopenFailed("the LivePool was closed".into()));
